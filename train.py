@@ -1,0 +1,24 @@
+"""Trains a model: python train.py --config=configs/quickstart.py --workdir=DIR [--config.field=value ...].
+
+Running the same command again resumes from DIR's latest checkpoint.
+"""
+from absl import app
+
+from vision_models import cli
+
+CONFIG, WORKDIR = cli.define_common_flags()
+
+
+@cli.clean_errors
+def main(argv):
+  del argv
+  from vision_models.training import trainer
+  config = cli.config_or_exit(CONFIG)
+  results = trainer.train(config, WORKDIR.value)
+  if results:
+    print(f'Final eval: accuracy {results["eval/accuracy"]:.4f}, top-5 {results["eval/top5_accuracy"]:.4f}, '
+          f'loss {results["eval/loss"]:.4f}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,113 @@
+"""TFDS + tf.data input pipeline: per-host split, shuffle, preprocessing, batching, prefetch → numpy batches.
+
+The data order is a function of the seed alone (seeded shuffle, stateless random ops keyed by the element's index), so
+a run resumed at step s skips exactly the s batches it already consumed and sees the same examples as an
+uninterrupted one.
+"""
+import dataclasses
+import math
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vision_models.data import digits, preprocess
+from vision_models.errors import ConfigError
+
+# Datasets the project writes itself from data a package ships: name → prepare(data_dir).
+LOCAL_DATASETS = {digits.NAME: digits.prepare}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int
+  split_sizes: dict[str, int]
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """The config's data dir, else TFDS's default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
+  return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+
+
+def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """A prepared TFDS builder for `name`, or a ConfigError saying how to prepare it."""
+  data_dir = resolve_data_dir(data_dir)
+  if name in LOCAL_DATASETS:
+    LOCAL_DATASETS[name](data_dir)
+  try:
+    b = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ConfigError(f'unknown dataset {name!r} (config.data.name): not a TFDS dataset nor one of '
+                      f'{", ".join(LOCAL_DATASETS)}') from None
+  if not b.is_prepared():
+    manual = getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+    manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+    how = (f'put its files into {manual_dir} (for imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+           'from image-net.org), then ') if manual else ''
+    raise ConfigError(f'dataset {name!r} is not prepared in {data_dir}: {how}run '
+                      f'`tfds build {name} --data_dir={data_dir}` once (or set config.data.data_dir)')
+  return b
+
+
+def info(name: str, data_dir: str | None) -> DatasetInfo:
+  b = builder(name, data_dir)
+  return DatasetInfo(name, b.info.features['label'].num_classes,
+                     {split: s.num_examples for split, s in b.info.splits.items()})
+
+
+def _load(name: str, split: str, data_dir: str | None, shuffle_files: bool, seed: int) -> tf.data.Dataset:
+  b = builder(name, data_dir)
+  if split not in b.info.splits and split.split('[')[0] not in b.info.splits:
+    raise ConfigError(f'dataset {name!r} has no split {split!r}; it has {", ".join(b.info.splits)}')
+  host_split = tfds.split_for_jax_process(split, process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+  read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=False)
+  return b.as_dataset(split=host_split, shuffle_files=shuffle_files, read_config=read_config)
+
+
+def _with_index_seed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op) -> tf.data.Dataset:
+  def fn(index, example):
+    return pp(example, tf.stack([tf.constant(seed, tf.int64), index]))
+  return ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def train_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
+                  start_step: int = 0, shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`."""
+  pp = preprocess.parse(pp_spec)
+  ds = _load(name, split, data_dir, shuffle_files=True, seed=seed)
+  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = _with_index_seed(ds, seed, pp)
+  ds = ds.skip(start_step * per_host_batch)  # Resume: the data order is a function of the seed alone.
+  ds = ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  for batch in tfds.as_numpy(ds.with_options(options)):
+    yield {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
+
+
+def eval_batches(name: str, split: str, data_dir: str | None, pp_spec: str,
+                 per_host_batch: int) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split` in full batches; padding examples carry `mask` 0 so every host runs as many steps."""
+  pp = preprocess.parse(pp_spec)
+  b = builder(name, data_dir)
+  total = b.info.splits[split].num_examples
+  num_batches = math.ceil(math.ceil(total / jax.process_count()) / per_host_batch)
+  ds = _with_index_seed(_load(name, split, data_dir, shuffle_files=False, seed=0), 0, pp)
+  ds = ds.batch(per_host_batch).prefetch(tf.data.AUTOTUNE)
+  it = iter(tfds.as_numpy(ds))
+  template = None
+  for _ in range(num_batches):
+    batch = next(it, None)
+    if batch is None:  # This host ran out first: a fully masked batch keeps the collective steps in step.
+      batch = {k: v[:0] for k, v in template.items()}
+    template = batch
+    n = len(batch['label'])
+    pad = per_host_batch - n
+    yield {'image': np.concatenate([batch['image'], np.zeros((pad, *batch['image'].shape[1:]), np.float32)]),
+           'label': np.concatenate([batch['label'], np.zeros(pad, batch['label'].dtype)]).astype(np.int32),
+           'mask': np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}

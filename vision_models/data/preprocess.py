@@ -1,0 +1,138 @@
+"""Preprocessing described by a string in the config, big_vision style: `'decode|resize(16)|value_range(-1, 1)'`.
+
+Each op is registered by name and built from its literal arguments; the result maps a TFDS example dict to a new one.
+Random ops are stateless and take a per-example seed, so the pipeline is deterministic for a given data seed.
+"""
+import ast
+from typing import Callable
+
+import tensorflow as tf
+
+from vision_models.errors import ConfigError
+
+Example = dict[str, tf.Tensor]
+Op = Callable[[Example, tf.Tensor], Example]
+_OPS: dict[str, Callable[..., Op]] = {}
+
+
+def register(name: str):
+  """Registers an op factory: `factory(*args, **kwargs) -> op(example, seed) -> example`."""
+
+  def add(factory):
+    _OPS[name] = factory
+    return factory
+
+  return add
+
+
+def op_names() -> list[str]:
+  return sorted(_OPS)
+
+
+def _parse_one(text: str) -> tuple[str, tuple, dict]:
+  try:
+    node = ast.parse(text.strip(), mode='eval').body
+  except SyntaxError:
+    raise ConfigError(f'cannot parse preprocessing op {text!r}; write it as name or name(arg, key=value)') from None
+  if isinstance(node, ast.Name):
+    return node.id, (), {}
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    try:
+      args = tuple(ast.literal_eval(a) for a in node.args)
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError:
+      raise ConfigError(f'preprocessing op {text!r}: arguments must be Python literals') from None
+    return node.func.id, args, kwargs
+  raise ConfigError(f'cannot parse preprocessing op {text!r}; write it as name or name(arg, key=value)')
+
+
+def parse(spec: str) -> Op:
+  """Builds the composed op for `spec` ('op1|op2(...)|...'), raising ConfigError for an unknown op or bad args."""
+  ops = []
+  for text in filter(None, (s.strip() for s in spec.split('|'))):
+    name, args, kwargs = _parse_one(text)
+    if name not in _OPS:
+      raise ConfigError(f'unknown preprocessing op {name!r} in {spec!r}; known ops: {", ".join(op_names())}')
+    try:
+      ops.append(_OPS[name](*args, **kwargs))
+    except TypeError as e:
+      raise ConfigError(f'preprocessing op {text!r}: {e}') from None
+
+  def apply(example: Example, seed: tf.Tensor) -> Example:
+    for i, op in enumerate(ops):
+      example = op(example, tf.random.experimental.stateless_fold_in(seed, i))
+    return example
+
+  return apply
+
+
+def _image_op(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Op:
+  def op(example, seed):
+    return {**example, 'image': fn(example['image'], seed)}
+  return op
+
+
+@register('decode')
+def _decode(channels: int = 3) -> Op:
+  """Decodes encoded image bytes (JPEG/PNG) to uint8; a no-op for images TFDS already decoded."""
+  def fn(image, seed):
+    if image.dtype == tf.string:
+      image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+    return image
+  return _image_op(fn)
+
+
+@register('to_rgb')
+def _to_rgb() -> Op:
+  return _image_op(lambda image, seed: tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image)
+
+
+@register('resize')
+def _resize(size: int | tuple[int, int], method: str = 'bilinear', antialias: bool = True) -> Op:
+  hw = (size, size) if isinstance(size, int) else tuple(size)
+
+  def fn(image, seed):
+    dtype = image.dtype
+    image = tf.image.resize(image, hw, method=method, antialias=antialias)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), dtype) if dtype == tf.uint8 else image
+  return _image_op(fn)
+
+
+@register('random_shift')
+def _random_shift(pad: int) -> Op:
+  """Pads by `pad` pixels (edge values) and crops back at a random offset: translation augmentation."""
+  def fn(image, seed):
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode='SYMMETRIC')
+    return tf.image.stateless_random_crop(padded, shape, seed)
+  return _image_op(fn)
+
+
+@register('flip_lr')
+def _flip_lr() -> Op:
+  return _image_op(lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed))
+
+
+@register('central_crop')
+def _central_crop(size: int) -> Op:
+  return _image_op(lambda image, seed: tf.image.resize_with_crop_or_pad(image, size, size))
+
+
+@register('value_range')
+def _value_range(low: float = -1.0, high: float = 1.0) -> Op:
+  """uint8 [0, 255] → float32 [low, high]."""
+  return _image_op(lambda image, seed: tf.cast(image, tf.float32) / 255.0 * (high - low) + low)
+
+
+@register('normalize')
+def _normalize(mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> Op:
+  """uint8 → float32 standardised per channel with means and stds on the [0, 1] scale (ImageNet's by default)."""
+  def fn(image, seed):
+    return (tf.cast(image, tf.float32) / 255.0 - tf.constant(mean)) / tf.constant(std)
+  return _image_op(fn)
+
+
+@register('keep')
+def _keep(*keys: str) -> Op:
+  return lambda example, seed: {k: example[k] for k in keys}
+

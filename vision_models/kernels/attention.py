@@ -1,0 +1,71 @@
+"""The attention dispatcher every model calls, and the plain XLA reference.
+
+Layout is `jax.nn.dot_product_attention`'s: q, k, v `[batch, seq, heads, head_dim]`, an optional additive `bias`
+broadcastable to `[batch, heads, q_len, k_len]`. `impl` selects the kernel:
+  xla     the reference below (materialises the logits),
+  cudnn   cuDNN fused attention through `jax.nn.dot_product_attention` (GPU only),
+  pallas  our blockwise kernel (`vision_models.kernels.flash_attention`),
+  auto    the fastest available for the backend.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from vision_models.errors import ConfigError
+
+IMPLS = ('xla', 'cudnn', 'pallas', 'auto')
+_EXTRA: dict[str, Callable[..., jax.Array]] = {}
+
+
+def register_impl(name: str, fn: Callable[..., jax.Array]) -> None:
+  """Adds an attention implementation `fn(q, k, v, bias=None, causal=False, sm_scale=None)`."""
+  _EXTRA[name] = fn
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None, *,
+                        causal: bool = False, sm_scale: float | None = None) -> jax.Array:
+  """softmax(q kᵀ · scale + bias) v, with the softmax in float32."""
+  scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if causal:
+    q_len, k_len = logits.shape[-2:]
+    mask = jnp.tril(jnp.ones((q_len, k_len), bool), k_len - q_len)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+def _cudnn(q, k, v, bias=None, *, causal=False, sm_scale=None):
+  if bias is not None:  # cuDNN wants the bias at full rank [b, h, q, k].
+    bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn')
+
+
+def resolve_impl(impl: str, dtype=jnp.float32) -> str:
+  """The concrete implementation `auto` stands for on this backend (cuDNN needs a GPU and 16-bit inputs)."""
+  if impl not in IMPLS and impl not in _EXTRA:
+    raise ConfigError(f'unknown attention impl {impl!r}; choose one of {", ".join(IMPLS + tuple(_EXTRA))}')
+  if impl != 'auto':
+    return impl
+  backend = jax.default_backend()
+  if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return 'cudnn'
+  if backend in ('gpu', 'tpu') and 'pallas' in _EXTRA:
+    return 'pallas'
+  return 'xla'
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None, *, impl: str = 'xla',
+              causal: bool = False, sm_scale: float | None = None) -> jax.Array:
+  """Dispatches to the attention implementation named by `impl` (see the module docstring)."""
+  impl = resolve_impl(impl, q.dtype)
+  if impl == 'xla':
+    return reference_attention(q, k, v, bias, causal=causal, sm_scale=sm_scale)
+  if impl == 'cudnn':
+    return _cudnn(q, k, v, bias, causal=causal, sm_scale=sm_scale)
+  if impl not in _EXTRA:
+    raise ConfigError(f'attention impl {impl!r} is not available in this build')
+  return _EXTRA[impl](q, k, v, bias=bias, causal=causal, sm_scale=sm_scale)

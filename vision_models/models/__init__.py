@@ -1,0 +1,11 @@
+"""Models by name: `create(name, **kwargs)` returns a flax.linen module, `names()` lists them all."""
+from vision_models.models.registry import create, names, register
+from vision_models.models import vit  # noqa: F401  (registers the ViT family)
+
+__all__ = ['create', 'names', 'register', 'param_count']
+
+
+def param_count(params) -> int:
+  """Number of scalars in a parameter pytree (the `params` collection only, as timm counts)."""
+  import jax
+  return sum(x.size for x in jax.tree.leaves(params))

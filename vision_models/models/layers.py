@@ -1,0 +1,162 @@
+"""Building blocks shared by every family: dense layers with logical axes, MLP, attention, drop path, norms,
+position embeddings.
+
+Every parameter is created through `param_with_axes`-style initialisers (`nn.with_logical_partitioning`), so it carries
+logical axis names (`embed`, `mlp`, `heads`, `kv`, `conv_in`, `conv_out`, `classes`, ...). The rules table of the config
+(`vision_models.parallel.rules`) maps those names to mesh axes; without a mesh they cost nothing.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vision_models import kernels
+
+Dtype = Any
+Init = Callable[..., jax.Array]
+
+trunc_normal = nn.initializers.truncated_normal  # timm's trunc_normal_(std) truncates at ±2 absolute, close enough.
+
+
+def with_axes(init: Init, axes: Sequence[str | None]) -> Init:
+  """An initialiser whose parameter carries logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical axis names (a no-op without rules and mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'), *, use_bias: bool = True,
+          kernel_init: Init = nn.initializers.xavier_uniform(), bias_init: Init = nn.initializers.zeros,
+          dtype: Dtype | None = None, name: str | None = None) -> nn.Dense:
+  """`nn.Dense` whose kernel and bias carry logical axes `(in_axis, out_axis)`."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                  kernel_init=with_axes(kernel_init, axes), bias_init=with_axes(bias_init, axes[-1:]))
+
+
+def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bias: bool = True,
+               dtype: Dtype | None = None, name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm over the last axis with a logically named scale and bias (eps is per family: 1e-6 ViT, 1e-5 MaxViT)."""
+  return nn.LayerNorm(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
+                      scale_init=with_axes(nn.initializers.ones, (axis_name,)),
+                      bias_init=with_axes(nn.initializers.zeros, (axis_name,)))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, as PyTorch's nn.GELU() in timm's ViT, Mixer and ConvNeXt; Flax's default is the tanh form."""
+  return nn.gelu(x, approximate=False)
+
+
+class Mlp(nn.Module):
+  """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column/row split)."""
+  hidden_dim: int
+  out_dim: int | None = None
+  act: Callable[[jax.Array], jax.Array] = gelu
+  dropout: float = 0.0
+  in_axis: str = 'embed'
+  hidden_axis: str = 'mlp'
+  bias_init: Init = nn.initializers.zeros
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out_dim = self.out_dim or x.shape[-1]
+    x = dense(self.hidden_dim, (self.in_axis, self.hidden_axis), bias_init=self.bias_init, dtype=self.dtype,
+              name='fc1')(x)
+    x = self.act(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dense(out_dim, (self.hidden_axis, self.in_axis), bias_init=self.bias_init, dtype=self.dtype, name='fc2')(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with separate q/k/v projections `[embed, heads, kv]` and a pluggable kernel.
+
+  Parameters are `{query,key,value}_kernel [embed, heads, head_dim]` with biases `[heads, head_dim]`, and
+  `out_kernel [heads, head_dim, embed]`: heads are an explicit axis, so tensor parallelism splits them.
+
+  `impl` picks the attention kernel (`xla`, `pallas`, `cudnn`, `auto`; see `vision_models.kernels.attention`).
+  `bias` is an additive logit bias broadcastable to `[batch, heads, q, k]` (relative position bias).
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  impl: str = 'xla'
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array | None = None, train: bool = False) -> jax.Array:
+    dim = x.shape[-1]
+    if dim % self.num_heads:
+      raise ValueError(f'width {dim} is not divisible by num_heads {self.num_heads}')
+    head_dim = dim // self.num_heads
+
+    def param(name, shape, axes, init):
+      return self.param(name, with_axes(init, axes), shape).astype(self.dtype or x.dtype)
+
+    def proj(name):
+      w = param(f'{name}_kernel', (dim, self.num_heads, head_dim), ('embed', 'heads', 'kv'), qkv_init)
+      y = jnp.einsum('...d,dhk->...hk', x, w)
+      if self.qkv_bias:
+        y = y + param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros)
+      return y
+
+    # xavier_uniform of the [embed, embed] matrices the split kernels come from (the vision_transformer init).
+    qkv_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))
+    q, k, v = proj('query'), proj('key'), proj('value')
+    out = kernels.attention(q, k, v, bias=bias, impl=self.impl)
+    out = constrain(out, ('batch', 'length', 'act_heads', None))
+    w_out = param('out_kernel', (self.num_heads, head_dim, dim), ('heads', 'kv', 'embed'),
+                  nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1), out_axis=2))
+    out = jnp.einsum('...hk,hkd->...d', out, w_out) + param('out_bias', (dim,), ('embed',), nn.initializers.zeros)
+    return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per example with probability `rate` (rng stream 'dropout')."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class LayerScale(nn.Module):
+  """Per-channel learned scale (CaiT / DeiT III / ConvNeXt `gamma`)."""
+  init_value: float = 1e-6
+  axis_name: str = 'embed'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param('gamma', with_axes(nn.initializers.constant(self.init_value), (self.axis_name,)),
+                       (x.shape[-1],))
+    return x * gamma.astype(x.dtype)
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding `[height*width, dim]`, big_vision's layout: [sin x, cos x, sin y, cos y]."""
+  if dim % 4:
+    raise ValueError(f'sin-cos position embedding needs a width divisible by 4, got {dim}')
+  y, x = np.mgrid[:height, :width]
+  omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+  y = np.einsum('m,d->md', y.flatten(), omega)
+  x = np.einsum('m,d->md', x.flatten(), omega)
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+def resample_posemb(posemb: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
+  """Bilinear resampling of a `[h*w, dim]` grid position embedding to `new_hw` (fine-tuning at another resolution)."""
+  n, dim = posemb.shape
+  side = int(round(np.sqrt(n)))
+  if side * side != n:
+    raise ValueError(f'cannot resample a non-square grid of {n} positions')
+  grid = posemb.reshape(side, side, dim)
+  return jax.image.resize(grid, (*new_hw, dim), method='bilinear', antialias=False).reshape(-1, dim)

@@ -1,0 +1,118 @@
+"""Vision Transformer (ViT, AugReg, DeiT, DeiT III), the timm layout in flax.linen, NHWC.
+
+Module names follow timm's state dict (`patch_embed`, `cls_token`, `pos_embed`, `blocks_N.{norm1,attn,norm2,mlp}`,
+`norm`, `fc_norm`, `head`) so weight conversion stays a rename plus transposes.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vision_models.models import layers
+from vision_models.models.registry import register
+
+VARIANTS = {  # width, depth, heads, mlp_dim (vit_jax/configs/models.py)
+    'ti': (192, 12, 3, 768),
+    's': (384, 12, 6, 1536),
+    'b': (768, 12, 12, 3072),
+    'l': (1024, 24, 16, 4096),
+    'h': (1280, 32, 16, 5120),
+}
+PATCHES = (32, 16, 14, 8)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + DropPath(LS(Attn(LN(x)))), then the same with the MLP."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  layer_scale: float | None = None
+  attn_impl: str = 'xla'
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    scale = (lambda name: layers.LayerScale(self.layer_scale, name=name)) if self.layer_scale else (
+        lambda name: (lambda y: y))
+    y = layers.layer_norm(dtype=self.dtype, name='norm1')(x)
+    y = layers.Attention(self.num_heads, dropout=self.dropout, impl=self.attn_impl, dtype=self.dtype,
+                         name='attn')(y, train=train)
+    x = x + layers.DropPath(self.drop_path)(scale('ls1')(y), train)
+    y = layers.layer_norm(dtype=self.dtype, name='norm2')(x)
+    y = layers.Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name='mlp')(y, train)
+    x = x + layers.DropPath(self.drop_path)(scale('ls2')(y), train)
+    return layers.constrain(x, ('batch', 'length', 'act_embed'))
+
+
+class ViT(nn.Module):
+  """ViT classifier. `pool='token'` uses a class token (timm default), `'gap'` averages the patch tokens.
+
+  `posemb='learn'` adds a learned embedding (normal std 0.02), `'sincos2d'` a fixed one (not a parameter).
+  `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass.
+  """
+  num_classes: int = 1000
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  pool: str = 'token'
+  posemb: str = 'learn'
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  layer_scale: float | None = None
+  attn_impl: str = 'xla'
+  remat: bool = False
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    if self.pool not in ('token', 'gap'):
+      raise ValueError(f"ViT pool must be 'token' or 'gap', got {self.pool!r}")
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='patch_embed',
+                kernel_init=layers.with_axes(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'embed')),
+                bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
+    batch, h, w, _ = x.shape
+    x = x.reshape(batch, h * w, self.width)
+
+    if self.pool == 'token':
+      cls = self.param('cls_token', layers.with_axes(nn.initializers.zeros, (None, None, 'embed')),
+                       (1, 1, self.width))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], axis=1)
+    if self.posemb == 'learn':
+      pos = self.param('pos_embed', layers.with_axes(nn.initializers.normal(0.02), (None, None, 'embed')),
+                       (1, x.shape[1], self.width))
+    elif self.posemb == 'sincos2d':
+      pos = layers.sincos_2d(h, w, self.width)[None]
+      if self.pool == 'token':  # The class token gets no position (big_vision, MoCo v3).
+        pos = jnp.concatenate([jnp.zeros((1, 1, self.width)), pos], axis=1)
+    else:
+      raise ValueError(f"ViT posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+    x = x + pos.astype(x.dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.constrain(x, ('batch', 'length', 'act_embed'))
+
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    for i in range(self.depth):
+      rate = self.drop_path * i / max(self.depth - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
+      x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
+                name=f'blocks_{i}')(x, train)
+
+    if self.pool == 'token':
+      x = layers.layer_norm(dtype=self.dtype, name='norm')(x)[:, 0]
+    else:  # timm's avg pool normalises after pooling (`fc_norm`).
+      x = layers.layer_norm(dtype=self.dtype, name='fc_norm')(x.mean(axis=1))
+    if not self.num_classes:
+      return x
+    return layers.dense(self.num_classes, ('embed', 'classes'), kernel_init=nn.initializers.zeros,
+                        dtype=self.dtype, name='head')(x).astype(jnp.float32)
+
+
+register('vit', ViT)
+for _size, (_width, _depth, _heads, _mlp) in VARIANTS.items():
+  for _patch in PATCHES:
+    register(f'vit_{_size}{_patch}', ViT, patch_size=_patch, width=_width, depth=_depth, num_heads=_heads,
+             mlp_dim=_mlp)

@@ -1,0 +1,78 @@
+"""Everything a run needs, built from the config and checked before anything compiles.
+
+Each bad input raises `ConfigError` naming the config field and the fix: unknown model or dataset, a mesh larger than
+the device count, a batch that does not split over the data-parallel devices, an image size the model cannot take,
+a workdir that is not writable.
+"""
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+from jax.sharding import Mesh
+
+from vision_models import data, kernels, models, parallel
+from vision_models.errors import ConfigError
+from vision_models.training import optim, state as state_lib
+
+
+@dataclasses.dataclass
+class Setup:
+  config: Any
+  model: nn.Module
+  mesh: Mesh
+  dataset: data.DatasetInfo
+  input_shape: tuple[int, int, int]
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  state_shardings: state_lib.TrainState
+  rules: tuple
+
+  @property
+  def per_host_batch(self) -> int:
+    return self.config.batch_size // jax.process_count()
+
+
+def check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}); pass --workdir=A_WRITABLE_DIR') from None
+
+
+def model_kwargs(config: Any) -> dict[str, Any]:
+  """config.model without its name: the keyword arguments of `models.create`."""
+  return {k: v for k, v in config.model.items() if k != 'name'}
+
+
+def build(config: Any, workdir: str | None = None) -> Setup:
+  """Validates the config against the data, the devices and the model, and builds what training needs."""
+  if workdir is not None:
+    check_writable(workdir)
+  dataset = data.info(config.data.name, config.data.get('data_dir'))
+  mesh = parallel.make_mesh(config.mesh)
+  dp = parallel.data_parallel_size(mesh)
+  if config.batch_size % dp or config.batch_size % jax.process_count():
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} '
+                      f'(mesh data×fsdp) and process count {jax.process_count()}; use a multiple of {dp}')
+  kernels.resolve_impl(config.model.get('attn_impl', 'xla'))
+  model = models.create(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config))
+  size = config.data.image_size
+  patch = getattr(model, 'patch_size', 1)
+  if size % patch:
+    raise ConfigError(f'config.data.image_size={size} is not divisible by the patch size {patch} of '
+                      f'{config.model.name}; use a multiple of {patch}')
+  input_shape = (size, size, config.data.get('channels', 3))
+  tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
+  rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
+  try:  # Traces the model abstractly: shape errors surface here, before any compilation.
+    shardings = state_lib.shardings(model, tx, input_shape, mesh, rules)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'model {config.model.name!r} cannot take input {input_shape}: {e}') from None
+  return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules)

@@ -1,0 +1,60 @@
+"""The train state and its creation directly sharded over the mesh (no full copy on one device)."""
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from vision_models import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # Mutable collections other than params (BatchNorm's `batch_stats`); {} when none.
+
+
+def _init_variables(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Array) -> Any:
+  return model.init({'params': rng, 'dropout': rng}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def _init_state(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+                rng: jax.Array) -> TrainState:
+  variables = dict(nn.unbox(_init_variables(model, input_shape, rng)))
+  params = variables.pop('params')
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), variables)
+
+
+def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], mesh: Mesh,
+              rules=parallel.DEFAULT_RULES) -> TrainState:
+  """The NamedSharding of every TrainState leaf; optimizer moments follow their parameter's sharding."""
+  boxed = jax.eval_shape(functools.partial(_init_variables, model, input_shape), jax.random.key(0))
+  var_shardings = dict(parallel.shardings(boxed, mesh, rules))
+  params_sharding = var_shardings.pop('params')
+  abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed)['params'])
+  replicated = parallel.replicated(mesh)
+  opt_shardings = optax.tree_utils.tree_map_params(
+      tx, lambda _, sharding: sharding, abstract_opt, params_sharding,
+      transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return TrainState(replicated, params_sharding, opt_shardings, var_shardings)
+
+
+def create(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], rng: jax.Array,
+           state_shardings: TrainState) -> TrainState:
+  """Initialises a TrainState inside a jit whose `out_shardings` are the target layout, so each device only ever
+  holds its own shard. `input_shape` is one example's shape (H, W, C)."""
+  init = functools.partial(_init_state, model, tx, input_shape)
+  return jax.jit(init, out_shardings=state_shardings)(rng)
+
+
+def abstract(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+             state_shardings: TrainState) -> TrainState:
+  """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
+  shapes = jax.eval_shape(functools.partial(_init_state, model, tx, input_shape), jax.random.key(0))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
