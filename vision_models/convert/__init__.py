@@ -1,0 +1,4 @@
+"""Weight conversion from timm and the official checkpoints into our modules."""
+from vision_models.convert.common import from_timm, register_timm
+
+__all__ = ['from_timm', 'register_timm']
