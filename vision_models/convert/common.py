@@ -78,8 +78,7 @@ def fill(model: nn.Module, sample_input: jax.Array | tuple, converted: Mapping[s
     if tuple(have[key].shape) != tuple(spec.shape):
       raise ConfigError(f'{source}: parameter {key} has shape {tuple(have[key].shape)} in the checkpoint but the '
                         f'model wants {tuple(spec.shape)}')
-  return traverse_util.unflatten_dict({k: jnp.asarray(v, spec.dtype) for (k, v), spec in
-                                       ((kv, want[kv[0]]) for kv in have.items())}, sep='/')
+  return traverse_util.unflatten_dict({k: jnp.asarray(have[k], want[k].dtype) for k in want}, sep='/')
 
 
 Converter = Callable[[str, Mapping[str, Any]], tuple[nn.Module, dict[str, Any]]]
