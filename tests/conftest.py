@@ -5,3 +5,31 @@ import os
 # 8 CPU devices for every test process: sharding tests need them, single-device code is unaffected.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """A TFDS data dir holding the digits dataset, written once per test process."""
+  from vision_models.data import digits
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  digits.prepare(data_dir)
+  return data_dir
+
+
+@pytest.fixture
+def tiny_config(digits_dir):
+  """The quickstart config shrunk to a few seconds of training on the digits in `digits_dir`."""
+  from configs import quickstart
+  c = quickstart.get_config()
+  c.data.data_dir = digits_dir
+  c.data.shuffle_buffer = 500
+  c.model.update(width=64, depth=1, num_heads=2, mlp_dim=128, drop_path=0.0)
+  c.batch_size = 64
+  c.total_steps = 30
+  c.optimizer.update(warmup_steps=5, learning_rate=4e-3)
+  c.log_every = 5
+  c.eval_every = 15
+  c.checkpoint_every = 15
+  return c

@@ -113,6 +113,29 @@ def _flip_lr() -> Op:
   return _image_op(lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed))
 
 
+@register('resize_small')
+def _resize_small(size: int, method: str = 'bilinear') -> Op:
+  """Resizes the shorter side to `size`, keeping the aspect ratio (before a central crop at evaluation)."""
+  def fn(image, seed):
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.round(hw * size / tf.reduce_min(hw)), tf.int32)
+    out = tf.image.resize(image, new_hw, method=method, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), image.dtype) if image.dtype == tf.uint8 else out
+  return _image_op(fn)
+
+
+@register('inception_crop')
+def _inception_crop(size: int, area_min: float = 0.08, area_max: float = 1.0, method: str = 'bilinear') -> Op:
+  """Random crop of 8%–100% of the area with aspect ratio in [3/4, 4/3], resized to `size` (Inception / AugReg)."""
+  def fn(image, seed):
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(area_min, area_max),
+        aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+    out = tf.image.resize(tf.slice(image, begin, crop), (size, size), method=method, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), image.dtype) if image.dtype == tf.uint8 else out
+  return _image_op(fn)
+
+
 @register('central_crop')
 def _central_crop(size: int) -> Op:
   return _image_op(lambda image, seed: tf.image.resize_with_crop_or_pad(image, size, size))

@@ -1,0 +1,75 @@
+"""End to end on 8 CPU devices: a short run learns, writes metrics, TensorBoard events and checkpoints, resumes,
+and eval restores the latest checkpoint."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vision_models.errors import ConfigError
+from vision_models.training import metrics as metrics_lib, trainer
+
+pytestmark = pytest.mark.xdist_group('training')
+
+
+def test_short_run_on_8_devices_learns_checkpoints_and_resumes(tiny_config, tmp_path):
+  assert jax.device_count() == 8
+  workdir = str(tmp_path / 'run')
+  results = trainer.train(tiny_config, workdir)
+  records = metrics_lib.read(workdir)
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(losses) == 6 and losses[-1] < losses[0] * 0.9, losses
+  assert {'train/learning_rate', 'train/accuracy', 'perf/examples_per_sec'} <= set(records[0])
+  assert results['eval/examples'] == 360 and results['eval/accuracy'] > 0.25, results  # chance is 0.1
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15', '30']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+
+  tiny_config.total_steps = 40  # Same command, longer schedule: resumes from step 30.
+  trainer.train(tiny_config, workdir)
+  steps = [r['step'] for r in metrics_lib.read(workdir) if 'train/loss' in r]
+  assert steps[-2:] == [35, 40]
+  assert '40' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+  evaluated = trainer.evaluate(tiny_config, workdir)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    written = json.load(f)
+  assert written['step'] == 40 and written['eval/accuracy'] == evaluated['eval/accuracy']
+  assert 0.0 <= written['eval/accuracy'] <= written['eval/top5_accuracy'] <= 1.0
+  assert len(written['eval/per_class_accuracy']) == 10
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):
+  with pytest.raises(ConfigError, match='no checkpoint'):
+    trainer.evaluate(tiny_config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('batch_size', 12, 'batch_size=12 is not divisible by the data-parallel size 8'),
+    ('model.name', 'vit_nope', "unknown model 'vit_nope'"),
+    ('data.name', 'no_such_dataset_xyz', "unknown dataset 'no_such_dataset_xyz'"),
+    ('data.image_size', 18, 'image_size=18 is not divisible by the patch size 4'),
+    ('mesh.fsdp', 16, 'needs 16 devices'),
+    ('model.attn_impl', 'magic', "unknown attention impl 'magic'"),
+])
+def test_bad_config_fails_before_compiling(tiny_config, tmp_path, field, value, match):
+  section, _, key = field.rpartition('.')
+  (tiny_config[section] if section else tiny_config)[key] = value
+  with pytest.raises(ConfigError, match=match):
+    trainer.train(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints' / '1')
+
+
+def test_unwritable_workdir_is_a_clear_error(tiny_config, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(ConfigError, match='not writable'):
+    trainer.train(tiny_config, str(blocker / 'sub'))
+
+
+def test_metrics_are_finite_numbers(tiny_config, tmp_path):
+  tiny_config.total_steps = 5
+  tiny_config.eval_every = 5
+  trainer.train(tiny_config, str(tmp_path))
+  for record in metrics_lib.read(str(tmp_path)):
+    assert all(np.isfinite(v) for v in record.values() if isinstance(v, float))
