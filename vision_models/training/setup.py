@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -47,8 +48,14 @@ def check_writable(workdir: str) -> None:
 
 
 def model_kwargs(config: Any) -> dict[str, Any]:
-  """config.model without its name: the keyword arguments of `models.create`."""
-  return {k: v for k, v in config.model.items() if k != 'name'}
+  """config.model without its name: the keyword arguments of `models.create` (`dtype` strings become dtypes)."""
+  kwargs = {k: v for k, v in config.model.items() if k != 'name'}
+  if isinstance(kwargs.get('dtype'), str):
+    try:
+      kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+    except TypeError:
+      raise ConfigError(f'config.model.dtype={kwargs["dtype"]!r} is not a dtype; use float32 or bfloat16') from None
+  return kwargs
 
 
 def build(config: Any, workdir: str | None = None) -> Setup:
@@ -61,6 +68,10 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   if config.batch_size % dp or config.batch_size % jax.process_count():
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} '
                       f'(mesh data×fsdp) and process count {jax.process_count()}; use a multiple of {dp}')
+  accum = config.get('grad_accum_steps', 1)
+  if accum < 1 or config.batch_size % (accum * dp):
+    raise ConfigError(f'config.grad_accum_steps={accum}: each micro-batch (batch_size / grad_accum_steps) must split '
+                      f'over the {dp} data-parallel devices; use a batch_size that is a multiple of {accum * dp}')
   kernels.resolve_impl(config.model.get('attn_impl', 'xla'))
   model = models.create(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config))
   size = config.data.image_size
@@ -72,7 +83,7 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
   try:  # Traces the model abstractly: shape errors surface here, before any compilation.
-    shardings = state_lib.shardings(model, tx, input_shape, mesh, rules)
+    shardings = state_lib.shardings(model, tx, input_shape, mesh, rules, config.get('shard_min_size', 2 ** 14))
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model {config.model.name!r} cannot take input {input_shape}: {e}') from None
   return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules)

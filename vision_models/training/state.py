@@ -32,10 +32,11 @@ def _init_state(model: nn.Module, tx: optax.GradientTransformation, input_shape:
 
 
 def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], mesh: Mesh,
-              rules=parallel.DEFAULT_RULES) -> TrainState:
-  """The NamedSharding of every TrainState leaf; optimizer moments follow their parameter's sharding."""
+              rules=parallel.DEFAULT_RULES, min_size: int = 2 ** 14) -> TrainState:
+  """The NamedSharding of every TrainState leaf; optimizer moments follow their parameter's sharding. Tensors
+  smaller than `min_size` elements stay replicated (sharding them costs more in collectives than it saves)."""
   boxed = jax.eval_shape(functools.partial(_init_variables, model, input_shape), jax.random.key(0))
-  var_shardings = dict(parallel.shardings(boxed, mesh, rules))
+  var_shardings = dict(parallel.shardings(boxed, mesh, rules, min_size))
   params_sharding = var_shardings.pop('params')
   abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed)['params'])
   replicated = parallel.replicated(mesh)

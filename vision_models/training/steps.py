@@ -19,36 +19,63 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
-                    mesh: Mesh, state_shardings: TrainState, label_smoothing: float = 0.0,
-                    rules=parallel.DEFAULT_RULES) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Metrics, Any]]]
+
+
+def classification_loss(model: nn.Module, label_smoothing: float = 0.0, rules=parallel.DEFAULT_RULES) -> LossFn:
+  """`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))` for a classifier."""
+  def loss_fn(params, model_state, batch, rng):
+    with nn.logical_axis_rules(rules):
+      logits, new_model_state = model.apply({'params': params, **model_state}, batch['image'], train=True,
+                                            rngs={'dropout': rng}, mutable=list(model_state))
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    accuracy = (logits.argmax(-1) == batch['label']).mean()
+    return loss, ({'train/loss': loss, 'train/accuracy': accuracy}, dict(new_model_state))
+  return loss_fn
+
+
+def _micro_batches(batch: dict, accum_steps: int) -> dict:
+  """[B, ...] → [k, B/k, ...] where micro-batch j holds examples j, j+k, ...: each one stays spread over every
+  data-parallel device instead of living on 1/k of them."""
+  def split(x):
+    x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule, mesh: Mesh,
+                    state_shardings: TrainState, accum_steps: int = 1
+                    ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
   """`step(state, batch, rng) -> (state, metrics)` as one jit with explicit input and output shardings.
 
-  The dropout / drop-path key is `fold_in(rng, state.step)`, a function of the step, so a resumed run draws the same
-  randomness as an uninterrupted one.
+  With `accum_steps > 1` the batch is split into that many micro-batches whose gradients are averaged inside the
+  step (a `lax.scan`, so memory is that of one micro-batch). The dropout key is `fold_in(rng, step)` (and the
+  micro-batch index): a resumed run draws the same randomness as an uninterrupted one.
   """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
   def step(state: TrainState, batch: dict, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
+    if accum_steps == 1:
+      (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, step_rng)
+    else:
+      def accumulate(carry, xs):
+        grads_sum, model_state = carry
+        index, micro = xs
+        (_, (metrics, model_state)), grads = grad_fn(state.params, model_state, micro,
+                                                     jax.random.fold_in(step_rng, index))
+        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), metrics
 
-    def loss_fn(params):
-      variables = {'params': params, **state.model_state}
-      with nn.logical_axis_rules(rules):
-        logits, new_model_state = model.apply(variables, batch['image'], train=True, rngs={'dropout': step_rng},
-                                              mutable=list(state.model_state))
-      loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-      return loss, (logits, new_model_state)
-
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, model_state), metrics = jax.lax.scan(
+          accumulate, (zeros, state.model_state), (jnp.arange(accum_steps), _micro_batches(batch, accum_steps)))
+      grads = jax.tree.map(lambda g: g / accum_steps, grads)
+      metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {
-        'train/loss': loss,
-        'train/accuracy': (logits.argmax(-1) == batch['label']).mean(),
-        'train/learning_rate': lr_schedule(state.step),
-        'train/grad_norm': optax.global_norm(grads),
-        'train/param_norm': optax.global_norm(params),
-    }
-    return TrainState(state.step + 1, params, opt_state, dict(new_model_state)), metrics
+    metrics = {**metrics, 'train/learning_rate': lr_schedule(state.step),
+               'train/grad_norm': optax.global_norm(grads), 'train/param_norm': optax.global_norm(params)}
+    return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)

@@ -50,8 +50,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
     if is_main:
       print(f'Resuming from step {start} in {ckpt.directory}')
-  train_step = steps.make_train_step(s.model, s.tx, s.lr_schedule, s.mesh, s.state_shardings,
-                                     config.get('label_smoothing', 0.0), s.rules)
+  loss_fn = steps.classification_loss(s.model, config.get('label_smoothing', 0.0), s.rules)
+  train_step = steps.make_train_step(loss_fn, s.tx, s.lr_schedule, s.mesh, s.state_shardings,
+                                     config.get('grad_accum_steps', 1))
   eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
   writer = MetricWriter(workdir)
   cfg = config.data
