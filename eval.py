@@ -12,6 +12,7 @@ CONFIG, WORKDIR = cli.define_common_flags()
 @cli.clean_errors
 def main(argv):
   del argv
+  cli.init_distributed()
   from vision_models.training import trainer
   results = trainer.evaluate(cli.config_or_exit(CONFIG), WORKDIR.value)
   print(f'step {results["step"]}: top-1 {results["eval/accuracy"]:.4f}, top-5 {results["eval/top5_accuracy"]:.4f}, '

@@ -12,6 +12,7 @@ CONFIG, WORKDIR = cli.define_common_flags()
 @cli.clean_errors
 def main(argv):
   del argv
+  cli.init_distributed()
   from vision_models.training import trainer
   config = cli.config_or_exit(CONFIG)
   results = trainer.train(config, WORKDIR.value)

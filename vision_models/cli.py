@@ -29,6 +29,20 @@ def config_or_exit(flag: Any) -> Any:
   return flag.value
 
 
+def init_distributed() -> None:
+  """Starts JAX's multi-controller runtime when this process is one of several.
+
+  Explicit `--coordinator_address/--num_processes/--process_id` win; otherwise a SLURM job with several tasks or a
+  multi-host TPU slice is auto-detected by `jax.distributed.initialize()`. A single process does nothing.
+  """
+  import jax
+  f = flags.FLAGS
+  if f.coordinator_address:
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
+    jax.distributed.initialize()
+
+
 def define_common_flags() -> tuple[Any, Any]:
   """`--config` (with `--config.a.b=v` overrides) and `--workdir`; also quiets library INFO logs."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -37,4 +51,7 @@ def define_common_flags() -> tuple[Any, Any]:
   config = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/quickstart.py.',
                                            lock_config=True)
   workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.', required=True)
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for several processes without SLURM/TPU.')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+  flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
   return config, workdir
