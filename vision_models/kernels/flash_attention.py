@@ -244,6 +244,21 @@ class _Layout:
     return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, 0, 0))
 
 
+def _out(shape, dtype, like: jax.Array) -> jax.ShapeDtypeStruct:
+  """An output varying over the same shard_map axes as `like` (q, which varies wherever any input does)."""
+  aval = jax.typeof(like)
+  if hasattr(aval, 'manual_axis_type'):  # jax >= 0.12; 0.11 calls it vma
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=aval.manual_axis_type)
+  return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
+
+
+def _varying(x: jax.Array) -> frozenset:
+  """The shard_map axes x varies over (empty outside shard_map)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, 'manual_axis_type', None)
+  return mat.varying if mat is not None else getattr(aval, 'vma', frozenset())
+
+
 def _forward(q, k, v, bias, cfg: _Config):
   lay = _Layout(q, k, bias, cfg)
   bq, bk = cfg.block_q, cfg.block_k
@@ -252,8 +267,8 @@ def _forward(q, k, v, bias, cfg: _Config):
   if bias is not None:
     args.append(lay.bias(bias))
     in_specs.append(pl.BlockSpec((None, None, lay.nk, bq, bk), lay.bias_map(lambda b, h, i: (b, h, 0, i, 0))))
-  out_shape = [jax.ShapeDtypeStruct((lay.batch, lay.heads, lay.qp, lay.dp), q.dtype),
-               jax.ShapeDtypeStruct((lay.batch, lay.heads, lay.qp, 1), jnp.float32)]
+  out_shape = [_out((lay.batch, lay.heads, lay.qp, lay.dp), q.dtype, q),
+               _out((lay.batch, lay.heads, lay.qp, 1), jnp.float32, q)]
   kernel = functools.partial(_fwd_kernel, cfg=cfg, has_bias=bias is not None)
   o, lse = _pallas(kernel, cfg, lay.dp, grid=(lay.batch, lay.heads, lay.nq), in_specs=in_specs,
                    out_specs=[lay.rows(bq, lay.dp), lay.rows(bq, 1)], out_shape=out_shape,
@@ -278,7 +293,7 @@ def _backward(cfg: _Config, residuals, do):
       else []) + [q_all, lay.rows(lay.qp, 1, False), lay.rows(lay.qp, 1, False)]
   dk, dv = _pallas(functools.partial(_dkv_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_k,
                    in_specs=specs, out_specs=[k_blk, k_blk], name='flash_attention_dkv',
-                   out_shape=[jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)])(*args)
+                   out_shape=[_out(kt.shape, k.dtype, q), _out(vt.shape, v.dtype, q)])(*args)
 
   # dQ (and dS = dbias): one query block per grid step, all keys resident.
   q_blk, k_all = lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False)
@@ -286,9 +301,9 @@ def _backward(cfg: _Config, residuals, do):
   specs = [q_blk, k_all, k_all] + (
       [pl.BlockSpec(bias_blk.block_shape, lay.bias_map(lambda b, h, i: (b, h, 0, i, 0)))] if has_bias else []) + [
           q_blk, lay.rows(bq, 1), lay.rows(bq, 1)]
-  out_shape = [jax.ShapeDtypeStruct(qt.shape, q.dtype)]
+  out_shape = [_out(qt.shape, q.dtype, q)]
   if has_bias:
-    out_shape.append(jax.ShapeDtypeStruct((lay.batch, lay.heads, lay.nk, lay.qp, bk), jnp.float32))
+    out_shape.append(_out((lay.batch, lay.heads, lay.nk, lay.qp, bk), jnp.float32, q))
   outs = _pallas(functools.partial(_dq_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_q,
                  in_specs=specs, out_specs=[q_blk, bias_blk][:len(out_shape)], out_shape=out_shape,
                  name='flash_attention_dq')(*args)
@@ -296,7 +311,11 @@ def _backward(cfg: _Config, residuals, do):
   if has_bias:  # sum over the dims the bias was broadcast along, then back to [Bb, Hb, Q, K]
     ds = outs[1].sum(axis=tuple(a for a, n in enumerate(bias.shape[:2]) if n == 1), keepdims=True)
     ds = ds.transpose(0, 1, 3, 2, 4).reshape(*ds.shape[:2], lay.qp, lay.kp)
-    dbias = ds[:, :, :cfg.q_len, :cfg.k_len].astype(bias.dtype)
+    dbias = ds[:, :, :cfg.q_len, :cfg.k_len]
+    replicated = _varying(dbias) - _varying(bias)  # in shard_map: a bias shared across shards sums their gradients
+    if replicated:
+      dbias = lax.psum(dbias, tuple(sorted(replicated)))
+    dbias = dbias.astype(bias.dtype)
   return lay.unseq(outs[0], cfg.q_len), lay.unseq(dk, cfg.k_len), lay.unseq(dv, cfg.k_len), dbias
 
 
