@@ -58,7 +58,8 @@ def _next_pow2(n: int) -> int:
 def _block(requested: int | None, length: int, name: str) -> int:
   """A power of two (Triton) that is a multiple of 8 (TPU sublanes); one whole block for short sequences."""
   if requested is not None and (requested < 8 or requested & (requested - 1)):
-    raise ConfigError(f'{name}={requested} must be a power of two >= 8 (Triton needs powers of two, TPU multiples of 8)')
+    raise ConfigError(f'{name}={requested} must be a power of two >= 8 (Triton needs powers of two, TPU multiples '
+                      'of 8); use e.g. 64 or 128')
   return min(requested or _MAX_BLOCK, max(16, _next_pow2(length)))
 
 
