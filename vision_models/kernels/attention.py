@@ -5,7 +5,9 @@ broadcastable to `[batch, heads, q_len, k_len]`. `impl` selects the kernel:
   xla     the reference below (materialises the logits),
   cudnn   cuDNN fused attention through `jax.nn.dot_product_attention` (GPU only),
   pallas  our blockwise kernel (`vision_models.kernels.flash_attention`),
-  auto    the fastest available for the backend.
+  splash  JAX's TPU splash attention (`vision_models.kernels.splash`; with a bias it falls back to pallas),
+  auto    the fastest available for the backend: cudnn on GPU for 16-bit inputs, splash on TPU, pallas on other
+          GPU inputs, xla on the CPU.
 """
 from typing import Callable
 
@@ -53,6 +55,8 @@ def resolve_impl(impl: str, dtype=jnp.float32) -> str:
   backend = jax.default_backend()
   if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return 'cudnn'
+  if backend == 'tpu' and 'splash' in _EXTRA:
+    return 'splash'
   if backend in ('gpu', 'tpu') and 'pallas' in _EXTRA:
     return 'pallas'
   return 'xla'

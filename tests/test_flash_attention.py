@@ -1,0 +1,171 @@
+"""Pallas flash attention (interpret mode on the CPU) against the XLA reference: values and gradients of q, k, v and
+bias, awkward lengths, jit / vmap / shard_map, a ViT with both impls, and real TPU / Triton lowering via jax.export."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, PartitionSpec as P
+
+from vision_models import kernels, models
+from vision_models.errors import ConfigError
+from vision_models.kernels import flash_attention, reference_attention
+from vision_models.kernels.splash import splash_attention
+
+# Interpreted kernels are big while-loops; XLA's backend optimisations only slow their compilation down here.
+fast_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
+def inputs(batch, q_len, k_len, heads, head_dim, bias_shape=None, dtype=jnp.float32, seed=0):
+  """q, k, v, bias, and an output cotangent do (numpy's generator: jax.random would compile per shape)."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
+  q, do = normal(batch, q_len, heads, head_dim), normal(batch, q_len, heads, head_dim)
+  k, v = normal(batch, k_len, heads, head_dim), normal(batch, k_len, heads, head_dim)
+  return q, k, v, None if bias_shape is None else normal(*bias_shape), do
+
+
+def value_and_grads(fn, q, k, v, bias, do):
+  """(output, dq, dk, dv, dbias) of fn(q, k, v, bias) for the cotangent `do`."""
+  out, vjp = jax.vjp(fn, q, k, v, bias)
+  return (out,) + vjp(do)
+
+
+@functools.partial(fast_jit, static_argnums=0)
+def reference(causal, q, k, v, bias, do):
+  return value_and_grads(lambda q, k, v, b: reference_attention(q, k, v, b, causal=causal), q, k, v, bias, do)
+
+
+def assert_close(actual, expected, tol):
+  for a, e in zip(actual, expected):
+    if e is None:
+      assert a is None
+    else:
+      assert a.shape == e.shape and a.dtype == e.dtype
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), atol=tol, rtol=tol)
+
+
+CASES = {  # batch, q_len, k_len, heads, head_dim, causal, bias shape, block_q, block_k
+    'vit197_one_head_bias': (1, 197, 197, 1, 64, False, (1, 1, 197, 197), 64, 64),
+    'causal197_bias_1hqk': (2, 197, 197, 2, 64, True, (1, 2, 197, 197), 32, 64),
+    'dim128_bias_b1qk': (2, 50, 50, 2, 128, False, (2, 1, 50, 50), 16, 32),
+    'cross_causal_dim72_bias_k': (1, 40, 72, 2, 72, True, (72,), 16, 32),
+}
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_float32_matches_reference(case):
+  batch, q_len, k_len, heads, head_dim, causal, bias_shape, block_q, block_k = CASES[case]
+  args = inputs(batch, q_len, k_len, heads, head_dim, bias_shape)
+  ours = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: flash_attention(
+      q, k, v, bias=b, causal=causal, block_q=block_q, block_k=block_k), *a))(*args)
+  assert_close(ours, reference(causal, *args), 1e-5)
+
+
+def test_bfloat16_matches_reference():
+  args = inputs(2, 197, 197, 2, 64, (1, 2, 197, 197), dtype=jnp.bfloat16)
+  ours = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: flash_attention(
+      q, k, v, bias=b, causal=True, block_q=64, block_k=64), *a))(*args)
+  assert ours[0].dtype == jnp.bfloat16
+  # The reference in float32 on the same bf16 inputs: our float32 accumulation should land within bf16 rounding.
+  f32 = [x.astype(jnp.float32) for x in args]
+  expected = reference(True, *f32)
+  assert_close([x.astype(jnp.float32) for x in ours], expected, 2e-2)
+
+
+def test_jit_and_vmap_one_block():
+  # 17 tokens: one padded block; vmap over a leading axis of 3 adds a grid dimension to all three kernels.
+  args = inputs(6, 17, 17, 2, 32, (6, 2, 17, 17))
+  split = lambda x: x.reshape(3, 2, *x.shape[1:])
+  fn = lambda q, k, v, b: flash_attention(q, k, v, bias=b, sm_scale=0.3)
+  ours = fast_jit(jax.vmap(lambda *a: value_and_grads(fn, *a)))(*map(split, args))
+  expected = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: reference_attention(q, k, v, b, sm_scale=0.3),
+                                                 *a))(*args)
+  assert_close([x.reshape(e.shape) for x, e in zip(ours, expected)], expected, 1e-5)
+
+
+def test_shard_map_over_batch_and_heads():
+  mesh = jax.make_mesh((2, 4), ('batch', 'heads'), axis_types=(AxisType.Auto,) * 2)
+  args = inputs(4, 40, 40, 8, 32, (1, 8, 40, 40))
+  qkv = P('batch', None, 'heads', None)
+
+  def loss(fn, q, k, v, bias, do):
+    return jnp.sum(fn(q, k, v, bias) * do)
+
+  def sharded(q, k, v, bias, do):
+    local = jax.shard_map(lambda *a: flash_attention(*a[:3], bias=a[3], causal=True, block_q=16, block_k=16),
+                          mesh=mesh, in_specs=(qkv, qkv, qkv, P(None, 'heads')), out_specs=qkv)
+    return loss(local, q, k, v, bias, do)
+
+  ours = fast_jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(*args)
+  expected = reference(True, *args)
+  np.testing.assert_allclose(ours[0], jnp.sum(expected[0] * args[4]), rtol=1e-5)
+  assert_close(ours[1], expected[1:], 1e-5)
+
+
+def test_vit_same_logits_with_pallas():  # through the dispatcher: layers.Attention calls kernels.attention
+  config = dict(num_classes=5, patch_size=4, width=32, depth=1, num_heads=2, mlp_dim=64)
+  images = jax.random.normal(jax.random.key(1), (2, 20, 20, 3))  # 25 patches + class token = 26 tokens
+  xla = models.create('vit', attn_impl='xla', **config)
+  variables = nn.unbox(fast_jit(xla.init)(jax.random.key(0), images))
+  variables['params']['head']['kernel'] = jax.random.normal(jax.random.key(2), (32, 5))  # the head starts at zero
+  expected = fast_jit(xla.apply)(variables, images)
+  logits = fast_jit(models.create('vit', attn_impl='pallas', **config).apply)(variables, images)
+  np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dispatcher():
+  assert kernels.resolve_impl('pallas') == 'pallas' and kernels.resolve_impl('splash') == 'splash'
+  assert kernels.resolve_impl('auto') == 'xla'  # on the CPU
+
+
+def test_splash_matches_reference():
+  args = inputs(1, 130, 130, 2, 32)  # padded to 256: two splash blocks, padded keys masked by segment ids
+  ours = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: splash_attention(q, k, v, causal=True), *a))(*args)
+  assert_close(ours, reference(True, *args), 1e-5)
+
+
+def test_bad_input_raises():
+  q = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ConfigError, match='power of two'):
+    flash_attention(q, q, q, block_q=24)
+  with pytest.raises(ConfigError, match='broadcastable'):
+    flash_attention(q, q, q, bias=jnp.zeros((3, 8, 8)))
+  with pytest.raises(ConfigError, match='matching'):
+    flash_attention(q, q[..., :8], q)
+
+
+# ------------------------------------------------------------------------------------------ real lowering on the CPU
+
+
+def export(fn, platform, *args):
+  """jax.export for a platform this machine lacks: runs the Pallas -> Mosaic TPU / Triton lowering for real."""
+  if platform == 'tpu':
+    return jax.export.export(jax.jit(fn), platforms=['tpu'])(*args)
+  gpu = jax.sharding.AbstractDevice('NVIDIA H100 80GB HBM3', 132, 'gpu')
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=gpu)):
+    return jax.export.export(jax.jit(fn), platforms=['cuda'], disabled_checks=[
+        jax.export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')])(*args)
+
+
+KERNEL_CALL = {'tpu': 'tpu_custom_call', 'cuda': '__gpu$xla.gpu.triton'}
+
+
+@pytest.mark.parametrize('platform', ['tpu', 'cuda'])
+@pytest.mark.parametrize('dtype,head_dim', [(jnp.bfloat16, 64), (jnp.float32, 72)])
+def test_lowers_for_real(platform, dtype, head_dim):
+  # ViT-B/16's 197 tokens with default blocks (two of 128) and a [1, H, Q, K] bias; fwd, then the backward.
+  q = jax.ShapeDtypeStruct((2, 197, 4, head_dim), dtype)
+  bias = jax.ShapeDtypeStruct((1, 4, 197, 197), dtype)
+  fwd = lambda q, k, v, b: flash_attention(q, k, v, bias=b, causal=True, interpret=False)
+  bwd = jax.grad(lambda *a: fwd(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2, 3))
+  assert export(fwd, platform, q, q, q, bias).mlir_module().count(KERNEL_CALL[platform]) == 1
+  assert export(bwd, platform, q, q, q, bias).mlir_module().count(KERNEL_CALL[platform]) == 3  # fwd, dK/dV, dQ
+
+
+def test_splash_lowers_for_tpu():
+  q = jax.ShapeDtypeStruct((2, 197, 4, 64), jnp.bfloat16)
+  bwd = jax.grad(lambda *a: splash_attention(*a, causal=True, interpret=False).astype(jnp.float32).sum(), (0, 1, 2))
+  assert export(bwd, 'tpu', q, q, q).mlir_module().count('tpu_custom_call') == 3

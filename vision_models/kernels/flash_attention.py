@@ -1,0 +1,366 @@
+"""Blockwise (flash) attention in Pallas: online softmax over key blocks, forward and backward kernels.
+
+One `pl.pallas_call` source per kernel, with BlockSpecs only, so it lowers to Mosaic TPU and to Triton GPU (and runs
+in interpret mode on the CPU). Kernels work in the `[batch, heads, seq, head_dim]` layout (TPU tiles the last two
+dims), with sequences zero-padded to a whole number of blocks; padded keys are masked inside the kernels.
+
+  forward   grid (batch, heads, q blocks); K/V of one (batch, head) stay resident while a `fori_loop` walks the key
+            blocks keeping the running max `m`, sum `l` and output accumulator in float32. Saves o and lse = m + log l.
+  backward  recomputes the probabilities p = exp(s - lse) block by block (never the full matrix):
+            dK/dV kernel, grid (batch, heads, k blocks), loops over query blocks;
+            dQ kernel, grid (batch, heads, q blocks), loops over key blocks and also writes dS (= dbias) when a bias
+            is given. delta = rowsum(o * do) is computed outside, in XLA.
+Causal attention skips key blocks past the diagonal (aligned bottom-right, like `reference_attention`).
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
+
+from vision_models.errors import ConfigError
+
+_MASK = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked block gives exp(0), never inf - inf
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_TN = (((0,), (0,)), ((), ()))  # a.T @ b
+_MAX_BLOCK = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  sm_scale: float
+  causal: bool
+  block_q: int
+  block_k: int
+  q_len: int
+  k_len: int
+  interpret: bool
+
+  @property
+  def offset(self) -> int:
+    """Causal diagonal: query row r sees keys c <= r + offset."""
+    return self.k_len - self.q_len
+
+  @property
+  def masked(self) -> bool:
+    return self.causal or self.k_len % self.block_k != 0
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def _block(requested: int | None, length: int, name: str) -> int:
+  """A power of two (Triton) that is a multiple of 8 (TPU sublanes); one whole block for short sequences."""
+  if requested is not None and (requested < 8 or requested & (requested - 1)):
+    raise ConfigError(f'{name}={requested} must be a power of two >= 8 (Triton needs powers of two, TPU multiples '
+                      'of 8); use e.g. 64 or 128')
+  return min(requested or _MAX_BLOCK, max(16, _next_pow2(length)))
+
+
+def _pad_to(n: int, block: int) -> int:
+  return -(-n // block) * block
+
+
+# --------------------------------------------------------------------------------------------------- kernel bodies
+
+
+def _logits(q, k, bias, cfg: _Config, q_start, k_start):
+  """Scaled, biased, masked float32 logits of one [block_q, block_k] tile."""
+  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.sm_scale
+  if bias is not None:
+    s = s + bias.astype(jnp.float32)
+  if cfg.masked:
+    rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
+    cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    valid = cols < cfg.k_len
+    if cfg.causal:
+      valid = valid & (cols <= rows + cfg.offset)
+    s = jnp.where(valid, s, _MASK)
+  return s
+
+
+def _k_hi(cfg: _Config, q_block, num_k: int):
+  """Key blocks [0, hi) that query block `q_block` can see."""
+  if not cfg.causal:
+    return num_k
+  last_col = (q_block + 1) * cfg.block_q + cfg.offset  # exclusive
+  return jnp.clip(lax.div(jnp.maximum(last_col, 0) + cfg.block_k - 1, cfg.block_k), 0, num_k)
+
+
+def _q_lo(cfg: _Config, k_block, num_q: int):
+  """First query block that sees key block `k_block`."""
+  if not cfg.causal:
+    return 0
+  return jnp.minimum(lax.div(jnp.maximum(k_block * cfg.block_k - cfg.offset, 0), cfg.block_q), num_q)
+
+
+def _split(refs, has_bias: bool, n_in: int):
+  """(inputs with bias or None at index 3, outputs)."""
+  ins = list(refs[:n_in])
+  if not has_bias:
+    ins.insert(3, None)
+  return ins, refs[n_in:]
+
+
+def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
+  (q_ref, k_ref, v_ref, bias_ref), (o_ref, lse_ref) = _split(refs, has_bias, 3 + has_bias)
+  bq, bk = cfg.block_q, cfg.block_k
+  i = pl.program_id(2)
+  q = q_ref[...]
+
+  def body(j, carry):
+    acc, m, l = carry
+    start = pl.multiple_of(j * bk, bk)
+    s = _logits(q, k_ref[pl.ds(start, bk), :], None if bias_ref is None else bias_ref[j], cfg, i * bq, start)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new)
+    v = v_ref[pl.ds(start, bk), :]
+    acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return acc, m_new, alpha * l + jnp.sum(p, axis=1, keepdims=True)
+
+  init = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq, 1), _MASK, jnp.float32), jnp.zeros((bq, 1), jnp.float32))
+  acc, m, l = lax.fori_loop(0, _k_hi(cfg, i, k_ref.shape[0] // bk), body, init)
+  l = jnp.where(l == 0, 1.0, l)  # rows that see no key at all (causal with q_len > k_len)
+  o_ref[...] = (acc / l).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log(l)
+
+
+def _probs_and_dlogits(q, k, v, bias, do, lse, delta, cfg, q_start, k_start):
+  """Recomputed probabilities p and the logit gradient dS = p * (dP - delta) of one tile."""
+  p = jnp.exp(_logits(q, k, bias, cfg, q_start, k_start) - lse)
+  dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+  return p, p * (dp - delta)
+
+
+def _dkv_kernel(*refs, cfg: _Config, has_bias: bool):
+  (q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref), (dk_ref, dv_ref) = _split(refs, has_bias, 6 + has_bias)
+  bq, bk = cfg.block_q, cfg.block_k
+  j = pl.program_id(2)
+  k, v = k_ref[...], v_ref[...]
+
+  def body(i, carry):
+    dk, dv = carry
+    rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    bias = None if bias_ref is None else bias_ref[rows, :]
+    p, ds = _probs_and_dlogits(q, k, v, bias, do, lse_ref[rows, :], delta_ref[rows, :], cfg, i * bq, j * bk)
+    dv = dv + lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)
+    dk = dk + lax.dot_general(ds.astype(q.dtype), q, _TN, preferred_element_type=jnp.float32)
+    return dk, dv
+
+  num_q = q_ref.shape[0] // bq
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = lax.fori_loop(_q_lo(cfg, j, num_q), num_q, body, (zeros, zeros))
+  dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(*refs, cfg: _Config, has_bias: bool):
+  (q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref), outs = _split(refs, has_bias, 6 + has_bias)
+  dq_ref, dbias_ref = outs if has_bias else (outs[0], None)
+  bq, bk = cfg.block_q, cfg.block_k
+  i = pl.program_id(2)
+  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+
+  def body(j, dq):
+    start = pl.multiple_of(j * bk, bk)
+    k, v = k_ref[pl.ds(start, bk), :], v_ref[pl.ds(start, bk), :]
+    bias = None if bias_ref is None else bias_ref[j]
+    _, ds = _probs_and_dlogits(q, k, v, bias, do, lse, delta, cfg, i * bq, start)
+    if dbias_ref is not None:
+      dbias_ref[j] = ds.astype(dbias_ref.dtype)
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+  num_k = k_ref.shape[0] // bk
+  hi = _k_hi(cfg, i, num_k)
+  dq = lax.fori_loop(0, hi, body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
+  if dbias_ref is not None and cfg.causal:  # key blocks past the diagonal get no gradient
+
+    def zero(j, carry):
+      dbias_ref[j] = jnp.zeros((bq, bk), dbias_ref.dtype)
+      return carry
+
+    lax.fori_loop(hi, num_k, zero, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- pallas calls
+
+
+def _pallas(kernel, cfg: _Config, head_dim: int, *, grid, in_specs, out_specs, out_shape, name):
+  """The pallas_call, with each backend's compiler params chosen at lowering time (one source for TPU and GPU)."""
+
+  def call(params):
+    return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+                          compiler_params=params, interpret=cfg.interpret, name=name)
+
+  if cfg.interpret:
+    return call(None)
+  tpu = call(pltpu.CompilerParams(dimension_semantics=('parallel',) * len(grid)))
+  gpu = call(pltriton.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2))
+  return lambda *args: lax.platform_dependent(*args, tpu=tpu, cuda=gpu, rocm=gpu)
+
+
+class _Layout:
+  """Kernel layout of one call: [batch, heads, padded seq, padded head_dim], bias as [Bb, Hb, k blocks, Qp, block_k]."""
+
+  def __init__(self, q, k, bias, cfg: _Config):
+    self.batch, _, self.heads, self.head_dim = q.shape
+    self.dp = max(16, _next_pow2(self.head_dim))  # Triton needs power-of-two tiles; zero columns change nothing
+    self.qp, self.kp = _pad_to(cfg.q_len, cfg.block_q), _pad_to(cfg.k_len, cfg.block_k)
+    self.nq, self.nk = self.qp // cfg.block_q, self.kp // cfg.block_k
+    self.bias_bh = None if bias is None else bias.shape[:2]
+    self.cfg = cfg
+
+  def seq(self, x, padded: int):
+    """[B, S, H, D] -> [B, H, padded, dp]."""
+    x = jnp.swapaxes(x, 1, 2)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, padded - x.shape[2]), (0, self.dp - x.shape[3])))
+
+  def unseq(self, x, length: int):
+    return jnp.swapaxes(x[:, :, :length, :self.head_dim], 1, 2)
+
+  def bias(self, bias):
+    """[Bb, Hb, Q, K] -> [Bb, Hb, nk, Qp, block_k]: a key block is a leading index, no dynamic lane slicing."""
+    cfg = self.cfg
+    bias = jnp.pad(bias, ((0, 0), (0, 0), (0, self.qp - cfg.q_len), (0, self.kp - cfg.k_len)))
+    return bias.reshape(*bias.shape[:3], self.nk, cfg.block_k).transpose(0, 1, 3, 2, 4)
+
+  def bias_map(self, fn):
+    """Index map for the bias: broadcast batch / head dims always read block 0."""
+    bb, hb = self.bias_bh
+    return lambda b, h, x: fn(b if bb > 1 else 0, h if hb > 1 else 0, x)
+
+  def rows(self, block: int, width: int, blocked: bool = True):
+    """Spec for a [B, H, S, width] array: one `block` of rows per grid step, or all rows (blocked=False)."""
+    if blocked:
+      return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, x, 0))
+    return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, 0, 0))
+
+
+def _out(shape, dtype, like: jax.Array) -> jax.ShapeDtypeStruct:
+  """An output varying over the same shard_map axes as `like` (q, which varies wherever any input does)."""
+  aval = jax.typeof(like)
+  if hasattr(aval, 'manual_axis_type'):  # jax >= 0.12; 0.11 calls it vma
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=aval.manual_axis_type)
+  return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
+
+
+def _varying(x: jax.Array) -> frozenset:
+  """The shard_map axes x varies over (empty outside shard_map)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, 'manual_axis_type', None)
+  return mat.varying if mat is not None else getattr(aval, 'vma', frozenset())
+
+
+def _forward(q, k, v, bias, cfg: _Config):
+  lay = _Layout(q, k, bias, cfg)
+  bq, bk = cfg.block_q, cfg.block_k
+  args = [lay.seq(q, lay.qp), lay.seq(k, lay.kp), lay.seq(v, lay.kp)]
+  in_specs = [lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False), lay.rows(lay.kp, lay.dp, False)]
+  if bias is not None:
+    args.append(lay.bias(bias))
+    in_specs.append(pl.BlockSpec((None, None, lay.nk, bq, bk), lay.bias_map(lambda b, h, i: (b, h, 0, i, 0))))
+  out_shape = [_out((lay.batch, lay.heads, lay.qp, lay.dp), q.dtype, q),
+               _out((lay.batch, lay.heads, lay.qp, 1), jnp.float32, q)]
+  kernel = functools.partial(_fwd_kernel, cfg=cfg, has_bias=bias is not None)
+  o, lse = _pallas(kernel, cfg, lay.dp, grid=(lay.batch, lay.heads, lay.nq), in_specs=in_specs,
+                   out_specs=[lay.rows(bq, lay.dp), lay.rows(bq, 1)], out_shape=out_shape,
+                   name='flash_attention_fwd')(*args)
+  return lay.unseq(o, cfg.q_len), lse
+
+
+def _backward(cfg: _Config, residuals, do):
+  q, k, v, bias, o, lse = residuals
+  lay = _Layout(q, k, bias, cfg)
+  bq, bk, has_bias = cfg.block_q, cfg.block_k, bias is not None
+  delta = jnp.einsum('bqhd,bqhd->bhq', o.astype(jnp.float32), do.astype(jnp.float32))
+  delta = jnp.pad(delta, ((0, 0), (0, 0), (0, lay.qp - cfg.q_len)))[..., None]
+  qt, kt, vt, dot = lay.seq(q, lay.qp), lay.seq(k, lay.kp), lay.seq(v, lay.kp), lay.seq(do, lay.qp)
+  args = [qt, kt, vt] + ([lay.bias(bias)] if has_bias else []) + [dot, lse, delta]
+  grid_k, grid_q = (lay.batch, lay.heads, lay.nk), (lay.batch, lay.heads, lay.nq)
+
+  # dK, dV: one key block per grid step, all query rows resident.
+  q_all, k_blk = lay.rows(lay.qp, lay.dp, False), lay.rows(bk, lay.dp)
+  specs = [q_all, k_blk, k_blk] + (
+      [pl.BlockSpec((None, None, None, lay.qp, bk), lay.bias_map(lambda b, h, j: (b, h, j, 0, 0)))] if has_bias
+      else []) + [q_all, lay.rows(lay.qp, 1, False), lay.rows(lay.qp, 1, False)]
+  dk, dv = _pallas(functools.partial(_dkv_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_k,
+                   in_specs=specs, out_specs=[k_blk, k_blk], name='flash_attention_dkv',
+                   out_shape=[_out(kt.shape, k.dtype, q), _out(vt.shape, v.dtype, q)])(*args)
+
+  # dQ (and dS = dbias): one query block per grid step, all keys resident.
+  q_blk, k_all = lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False)
+  bias_blk = pl.BlockSpec((None, None, lay.nk, bq, bk), lambda b, h, i: (b, h, 0, i, 0))
+  specs = [q_blk, k_all, k_all] + (
+      [pl.BlockSpec(bias_blk.block_shape, lay.bias_map(lambda b, h, i: (b, h, 0, i, 0)))] if has_bias else []) + [
+          q_blk, lay.rows(bq, 1), lay.rows(bq, 1)]
+  out_shape = [_out(qt.shape, q.dtype, q)]
+  if has_bias:
+    out_shape.append(_out((lay.batch, lay.heads, lay.nk, lay.qp, bk), jnp.float32, q))
+  outs = _pallas(functools.partial(_dq_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_q,
+                 in_specs=specs, out_specs=[q_blk, bias_blk][:len(out_shape)], out_shape=out_shape,
+                 name='flash_attention_dq')(*args)
+  dbias = None
+  if has_bias:  # sum over the dims the bias was broadcast along, then back to [Bb, Hb, Q, K]
+    ds = outs[1].sum(axis=tuple(a for a, n in enumerate(bias.shape[:2]) if n == 1), keepdims=True)
+    ds = ds.transpose(0, 1, 3, 2, 4).reshape(*ds.shape[:2], lay.qp, lay.kp)
+    dbias = ds[:, :, :cfg.q_len, :cfg.k_len]
+    replicated = _varying(dbias) - _varying(bias)  # in shard_map: a bias shared across shards sums their gradients
+    if replicated:
+      dbias = lax.psum(dbias, tuple(sorted(replicated)))
+    dbias = dbias.astype(bias.dtype)
+  return lay.unseq(outs[0], cfg.q_len), lay.unseq(dk, cfg.k_len), lay.unseq(dv, cfg.k_len), dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, bias, cfg):
+  return _forward(q, k, v, bias, cfg)[0]
+
+
+def _flash_fwd(q, k, v, bias, cfg):
+  o, lse = _forward(q, k, v, bias, cfg)
+  return o, (q, k, v, bias, o, lse)  # only o and the log-sum-exp beyond the inputs: the backward recomputes p
+
+
+_flash.defvjp(_flash_fwd, _backward)
+
+
+def _full_bias(bias: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
+  """Bias as [1 or B, 1 or H, Q, K]; broadcasting over q/k happens here, so autodiff sums its gradient."""
+  if bias.ndim > 4 or any(n not in (1, m) for n, m in zip(bias.shape[::-1], shape[::-1])):
+    raise ConfigError(f'bias of shape {bias.shape} is not broadcastable to [batch, heads, q, k] = {shape}')
+  bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+  return jnp.broadcast_to(bias, bias.shape[:2] + shape[2:])
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None, causal: bool = False,
+                    sm_scale: float | None = None, block_q: int | None = None, block_k: int | None = None,
+                    interpret: bool | None = None) -> jax.Array:
+  """softmax(q kᵀ · sm_scale + bias) v without materialising the [q, k] matrix, differentiable in q, k, v, bias.
+
+  q `[batch, q_len, heads, head_dim]`, k and v `[batch, k_len, heads, head_dim]` (jax.nn.dot_product_attention's
+  layout); bias broadcastable to `[batch, heads, q_len, k_len]`. Any lengths (padded to the blocks and masked).
+  `sm_scale` defaults to 1/sqrt(head_dim). Blocks default to 128, or one block for sequences up to 128 tokens; they
+  must be powers of two. `interpret=None` interprets the kernels when the default backend is the CPU.
+  Softmax statistics and accumulators are float32 whatever the input dtype; the output has q's dtype.
+  """
+  if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[::2] != k.shape[::2] or q.shape[3] != k.shape[3]:
+    raise ConfigError(f'expected q [B, Q, H, D] and k, v [B, K, H, D] with matching B, H, D; got {q.shape}, '
+                      f'{k.shape}, {v.shape}')
+  batch, q_len, heads, head_dim = q.shape
+  k_len = k.shape[1]
+  if bias is not None:
+    bias = _full_bias(bias, (batch, heads, q_len, k_len))
+  cfg = _Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
+                block_q=_block(block_q, q_len, 'block_q'), block_k=_block(block_k, k_len, 'block_k'),
+                q_len=q_len, k_len=k_len,
+                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret))
+  return _flash(q, k, v, bias, cfg)
