@@ -6,11 +6,11 @@ from typing import Any, Callable
 
 from absl import flags, logging
 
-from vision_models.errors import ConfigError
+from vision_models.errors import ConfigError, TrainingError
 
 
 def clean_errors(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
-  """Turns a ConfigError into one line on stderr and exit code 2, with no traceback."""
+  """Turns a ConfigError into one line on stderr and exit code 2 (a TrainingError: exit code 1), no traceback."""
   @functools.wraps(main)
   def wrapped(argv):
     try:
@@ -18,7 +18,19 @@ def clean_errors(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
     except ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
+    except TrainingError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
   return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag or config override (wrong type, unknown field) exits 2 with one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def config_or_exit(flag: Any) -> Any:

@@ -40,9 +40,9 @@ def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     LOCAL_DATASETS[name](data_dir)
   try:
     b = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
+  except Exception as e:  # DatasetNotFoundError, or a name TFDS cannot even parse.
     raise ConfigError(f'unknown dataset {name!r} (config.data.name): not a TFDS dataset nor one of '
-                      f'{", ".join(LOCAL_DATASETS)}') from None
+                      f'{", ".join(LOCAL_DATASETS)} ({type(e).__name__})') from None
   if not b.is_prepared():
     manual = getattr(b, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
     manual_dir = os.path.join(data_dir, 'downloads', 'manual')

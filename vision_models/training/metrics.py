@@ -19,6 +19,16 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # Pure-Python event writer: no TensorFlow in the core.
       self._tb = SummaryWriter(self.tb_dir, flush_secs=10)
 
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step`: a resumed run rewrites the steps the interrupted one logged after its last
+    checkpoint, so the file ends up as an uninterrupted run's."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    kept = [r for r in read(os.path.dirname(self.path)) if r['step'] <= step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(self.path + '.tmp', self.path)
+
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return

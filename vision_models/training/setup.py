@@ -19,6 +19,9 @@ from vision_models.errors import ConfigError
 from vision_models.training import optim, state as state_lib
 
 
+POSITIVE_INTS = ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every')
+
+
 @dataclasses.dataclass
 class Setup:
   config: Any
@@ -60,6 +63,10 @@ def model_kwargs(config: Any) -> dict[str, Any]:
 
 def build(config: Any, workdir: str | None = None) -> Setup:
   """Validates the config against the data, the devices and the model, and builds what training needs."""
+  for field in POSITIVE_INTS:
+    value = config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f'config.{field}={value!r} must be a positive integer')
   if workdir is not None:
     check_writable(workdir)
   dataset = data.info(config.data.name, config.data.get('data_dir'))
@@ -84,6 +91,7 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
   try:  # Traces the model abstractly: shape errors surface here, before any compilation.
     shardings = state_lib.shardings(model, tx, input_shape, mesh, rules, config.get('shard_min_size', 2 ** 14))
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f'model {config.model.name!r} cannot take input {input_shape}: {e}') from None
+  except Exception as e:  # Whatever the model's own checks raise while tracing abstractly, e.g. a zero width.
+    raise ConfigError(f'config.model ({config.model.name!r}) cannot take input {input_shape}: '
+                      f'{type(e).__name__}: {e}') from None
   return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules)

@@ -44,13 +44,15 @@ def _micro_batches(batch: dict, accum_steps: int) -> dict:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule, mesh: Mesh,
-                    state_shardings: TrainState, accum_steps: int = 1
+                    state_shardings: TrainState, accum_steps: int = 1, skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
   """`step(state, batch, rng) -> (state, metrics)` as one jit with explicit input and output shardings.
 
   With `accum_steps > 1` the batch is split into that many micro-batches whose gradients are averaged inside the
   step (a `lax.scan`, so memory is that of one micro-batch). The dropout key is `fold_in(rng, step)` (and the
-  micro-batch index): a resumed run draws the same randomness as an uninterrupted one.
+  micro-batch index): a resumed run draws the same randomness as an uninterrupted one. With `skip_nonfinite`, an
+  update whose loss or gradients are not finite is dropped (parameters and optimizer state stay) and counted in
+  `train/skipped`.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -73,8 +75,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedu
       metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'train/learning_rate': lr_schedule(state.step),
-               'train/grad_norm': optax.global_norm(grads), 'train/param_norm': optax.global_norm(params)}
+    grad_norm = optax.global_norm(grads)
+    if skip_nonfinite:
+      finite = jnp.isfinite(metrics['train/loss']) & jnp.isfinite(grad_norm)
+      params, opt_state, model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                    (params, opt_state, model_state),
+                                                    (state.params, state.opt_state, state.model_state))
+      metrics['train/skipped'] = 1.0 - finite.astype(jnp.float32)
+    metrics = {**metrics, 'train/learning_rate': lr_schedule(state.step), 'train/grad_norm': grad_norm,
+               'train/param_norm': optax.global_norm(params)}
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   batch_sharding = parallel.batch_sharding(mesh)

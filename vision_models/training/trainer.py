@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from vision_models import data, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import setup as setup_lib, state as state_lib, steps
+from vision_models.training import guards, setup as setup_lib, state as state_lib, steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -38,53 +38,73 @@ def run_eval(s: setup_lib.Setup, params: Any, model_state: Any, eval_step=None) 
 
 
 def train(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation."""
+  """Trains `config` in `workdir`, resuming from its latest good checkpoint; returns the final evaluation.
+
+  SIGTERM finishes the current step, writes a checkpoint, waits for it and returns. A non-finite loss or gradient
+  raises TrainingError (the last good checkpoint stays) unless `config.skip_nonfinite` drops such updates.
+  """
   s = setup_lib.build(config, workdir)
   is_main = jax.process_index() == 0
   ckpt = _checkpointer(config, workdir)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  start = ckpt.latest_step()
+  start, state = ckpt.restore_latest_good(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
+  writer = MetricWriter(workdir)
   if start is None:
     state, start = state_lib.create(s.model, s.tx, s.input_shape, init_rng, s.state_shardings), 0
-  else:
-    state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
-    if is_main:
-      print(f'Resuming from step {start} in {ckpt.directory}')
+  elif is_main:
+    print(f'Resuming from step {start} in {ckpt.directory}')
+  writer.truncate_after(start)
   loss_fn = steps.classification_loss(s.model, config.get('label_smoothing', 0.0), s.rules)
+  skip_nonfinite = config.get('skip_nonfinite', False)
   train_step = steps.make_train_step(loss_fn, s.tx, s.lr_schedule, s.mesh, s.state_shardings,
-                                     config.get('grad_accum_steps', 1))
+                                     config.get('grad_accum_steps', 1), skip_nonfinite)
   eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
-  writer = MetricWriter(workdir)
   cfg = config.data
   batches = data.train_batches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
                                seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000))
   total = config.total_steps
   results: dict[str, Any] = {}
+  preemption = guards.Preemption()
   bar = tqdm(total=total, initial=start, disable=not is_main, desc='train', dynamic_ncols=True)
-  last_time, last_step = time.perf_counter(), start
-  for step in range(start + 1, total + 1):
-    state, metrics = train_step(state, parallel.to_global(next(batches), s.mesh), step_rng)
-    bar.update(1)
-    if step % config.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      step_seconds = (now - last_time) / (step - last_step)
-      last_time, last_step = now, step
-      metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds})
-      writer.write(step, metrics)
-      bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', lr=f'{metrics["train/learning_rate"]:.2e}')
-    if step % config.eval_every == 0 or step == total:
-      results = run_eval(s, state.params, state.model_state, eval_step)
-      writer.write(step, results)
-      if is_main:
-        bar.write(f'step {step}: eval accuracy {results["eval/accuracy"]:.4f}, loss {results["eval/loss"]:.4f}')
-      last_time = time.perf_counter()  # Evaluation time is not training throughput.
-    if step % config.checkpoint_every == 0 or step == total:
-      ckpt.save(step, state)
-  bar.close()
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+  last_time, last_step, previous = time.perf_counter(), start, None
+  try:
+    for step in range(start + 1, total + 1):
+      state, metrics = train_step(state, parallel.to_global(next(batches), s.mesh), step_rng)
+      if previous is not None and not skip_nonfinite:  # The previous step is done by now: checking it costs no stall.
+        guards.check_finite(*previous)
+      previous = (step, metrics)
+      bar.update(1)
+      if step % config.log_every == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        step_seconds = (now - last_time) / (step - last_step)
+        last_time, last_step = now, step
+        metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds})
+        writer.write(step, metrics)
+        bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', lr=f'{metrics["train/learning_rate"]:.2e}')
+      preempted = preemption.requested()
+      due_eval = step % config.eval_every == 0 or step == total
+      due_save = step % config.checkpoint_every == 0 or step == total or preempted
+      if not skip_nonfinite and (due_eval or due_save):  # Never evaluate or save a non-finite update's state.
+        guards.check_finite(step, metrics)
+      if due_eval:
+        results = run_eval(s, state.params, state.model_state, eval_step)
+        writer.write(step, results)
+        if is_main:
+          bar.write(f'step {step}: eval accuracy {results["eval/accuracy"]:.4f}, loss {results["eval/loss"]:.4f}')
+        last_time = time.perf_counter()  # Evaluation time is not training throughput.
+      if due_save:
+        ckpt.save(step, state, force=preempted)
+      if preempted:
+        if is_main:
+          bar.write(f'SIGTERM: saved step {step}; run the same command to resume')
+        break
+  finally:
+    bar.close()
+    preemption.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
   if is_main:
     print(f'Checkpoints: {ckpt.directory}\nMetrics: {writer.path}\nTensorBoard: tensorboard --logdir {writer.tb_dir}')
   return results
@@ -94,11 +114,10 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Restores the latest checkpoint of `workdir`, evaluates it, writes `DIR/eval.json` and returns the figures."""
   s = setup_lib.build(config, workdir)
   ckpt = _checkpointer(config, workdir)
-  step = ckpt.latest_step()
+  step, state = ckpt.restore_latest_good(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
   if step is None:
     raise ConfigError(f'no checkpoint in {ckpt.directory}; train first: python train.py --config=... '
                       f'--workdir={workdir}')
-  state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings), step)
   results = {'step': step, **run_eval(s, state.params, state.model_state)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
