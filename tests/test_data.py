@@ -4,7 +4,7 @@ import pytest
 
 from vision_models import data
 from vision_models.data import preprocess
-from vision_models.errors import ConfigError
+from vision_models.errors import ConfigError, TrainingError
 
 PP = 'decode(1)|resize(16)|random_shift(2)|value_range(-1, 1)|keep("image", "label")'
 
@@ -16,11 +16,11 @@ def test_digits_dataset_is_a_real_tfds_dataset(digits_dir):
 
 
 def test_train_batches_shapes_range_and_determinism(digits_dir):
-  first = list(zip(range(3), data.train_batches('sklearn_digits', 'train', digits_dir, PP, 32, seed=1,
+  first = list(zip(range(3), data.TrainBatches('sklearn_digits', 'train', digits_dir, PP, 32, seed=1,
                                                 shuffle_buffer=200)))
-  again = list(zip(range(3), data.train_batches('sklearn_digits', 'train', digits_dir, PP, 32, seed=1,
+  again = list(zip(range(3), data.TrainBatches('sklearn_digits', 'train', digits_dir, PP, 32, seed=1,
                                                 shuffle_buffer=200)))
-  other = next(data.train_batches('sklearn_digits', 'train', digits_dir, PP, 32, seed=2, shuffle_buffer=200))
+  other = next(data.TrainBatches('sklearn_digits', 'train', digits_dir, PP, 32, seed=2, shuffle_buffer=200))
   batch = first[0][1]
   assert batch['image'].shape == (32, 16, 16, 1) and batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32 and set(np.unique(batch['label'])) <= set(range(10))
@@ -31,9 +31,9 @@ def test_train_batches_shapes_range_and_determinism(digits_dir):
 
 
 def test_resume_skips_exactly_the_consumed_batches(digits_dir):
-  fresh = data.train_batches('sklearn_digits', 'train', digits_dir, PP, 16, seed=3, shuffle_buffer=100)
+  fresh = data.TrainBatches('sklearn_digits', 'train', digits_dir, PP, 16, seed=3, shuffle_buffer=100)
   expected = [next(fresh) for _ in range(5)][3:]
-  resumed = data.train_batches('sklearn_digits', 'train', digits_dir, PP, 16, seed=3, start_step=3,
+  resumed = data.TrainBatches('sklearn_digits', 'train', digits_dir, PP, 16, seed=3, start_step=3,
                                shuffle_buffer=100)
   for want in expected:
     got = next(resumed)
@@ -66,3 +66,42 @@ def test_unknown_dataset_and_unprepared_imagenet_are_clear_errors(tmp_path):
 def test_bad_preprocessing_specs_are_config_errors(spec, match):
   with pytest.raises(ConfigError, match=match):
     preprocess.parse(spec)
+
+
+@pytest.fixture(scope='module')
+def corrupt_dir(tmp_path_factory):
+  """A dataset of 40 encoded PNGs, 4 of which are garbage bytes."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  data_dir = str(tmp_path_factory.mktemp('corrupt'))
+  rng = np.random.default_rng(0)
+  images = [tf.io.encode_png(rng.integers(0, 255, (8, 8, 1), dtype=np.uint8)).numpy() for _ in range(40)]
+  for i in (3, 11, 25, 38):
+    images[i] = b'not an image at all'
+  features = tfds.features.FeaturesDict({'image': tfds.features.Tensor(shape=(), dtype=np.str_),
+                                         'label': tfds.features.ClassLabel(num_classes=2)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='corrupt_pngs', version='1.0.0', features=features, data_dir=data_dir,
+      split_datasets={'train': tf.data.Dataset.from_tensor_slices(
+          {'image': np.array(images, dtype=object), 'label': np.arange(40) % 2})})
+  return data_dir
+
+
+def test_undecodable_images_are_skipped_and_counted(corrupt_dir):
+  pp = 'decode(1)|value_range(0, 1)|keep("image", "label")'
+  # No shuffling, so the first 4 batches are exactly the first epoch's 36 good examples.
+  batches = data.TrainBatches('corrupt_pngs', 'train', corrupt_dir, pp, 9, seed=0, shuffle_buffer=1)
+  first_epoch = [next(batches) for _ in range(4)]
+  assert all(np.isfinite(b['image']).all() for b in first_epoch)
+  assert batches.skipped == 4
+  evaluated = list(data.eval_batches('corrupt_pngs', 'train', corrupt_dir, pp, 20))
+  assert sum(b['mask'].sum() for b in evaluated) == 36
+
+
+def test_undecodable_images_fail_clearly_when_configured(corrupt_dir):
+  pp = 'decode(1)|value_range(0, 1)|keep("image", "label")'
+  batches = data.TrainBatches('corrupt_pngs', 'train', corrupt_dir, pp, 9, seed=0, shuffle_buffer=40,
+                              on_corrupt='fail')
+  with pytest.raises(TrainingError, match="cannot be preprocessed.*on_corrupt='skip'"):
+    for _ in range(5):
+      next(batches)

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vision_models.data import digits, preprocess
-from vision_models.errors import ConfigError
+from vision_models.errors import ConfigError, TrainingError
 
 # Datasets the project writes itself from data a package ships: name → prepare(data_dir).
 LOCAL_DATASETS = {digits.NAME: digits.prepare}
@@ -69,37 +69,71 @@ def _load(name: str, split: str, data_dir: str | None, shuffle_files: bool, seed
   return b.as_dataset(split=host_split, shuffle_files=shuffle_files, read_config=read_config)
 
 
-def _with_index_seed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op) -> tf.data.Dataset:
+ON_CORRUPT = ('skip', 'fail')
+
+
+def _preprocessed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op, on_corrupt: str) -> tf.data.Dataset:
+  """Applies `pp` with a per-element seed `[seed, index]`; keeps the index as `_index`. With `on_corrupt='skip'`,
+  elements whose preprocessing fails (an undecodable image) are dropped; the gaps in `_index` count them."""
+  if on_corrupt not in ON_CORRUPT:
+    raise ConfigError(f'config.data.on_corrupt={on_corrupt!r}; choose one of {", ".join(ON_CORRUPT)}')
+
   def fn(index, example):
-    return pp(example, tf.stack([tf.constant(seed, tf.int64), index]))
-  return ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return {**pp(example, tf.stack([tf.constant(seed, tf.int64), index])), '_index': index}
+  ds = ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.ignore_errors() if on_corrupt == 'skip' else ds
 
 
-def train_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`."""
-  pp = preprocess.parse(pp_spec)
-  ds = _load(name, split, data_dir, shuffle_files=True, seed=seed)
-  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = _with_index_seed(ds, seed, pp)
-  ds = ds.skip(start_step * per_host_batch)  # Resume: the data order is a function of the seed alone.
-  ds = ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def _numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Batches as numpy; a failing element (on_corrupt='fail') becomes a TrainingError naming the fix."""
   options = tf.data.Options()
   options.deterministic = True
-  for batch in tfds.as_numpy(ds.with_options(options)):
-    yield {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
+  try:
+    yield from tfds.as_numpy(ds.with_options(options))
+  except tf.errors.InvalidArgumentError as e:
+    raise TrainingError(f'an example cannot be preprocessed ({e.message.splitlines()[0][:200]}); '
+                        "set config.data.on_corrupt='skip' to skip and count such examples") from None
 
 
-def eval_batches(name: str, split: str, data_dir: str | None, pp_spec: str,
-                 per_host_batch: int) -> Iterator[dict[str, np.ndarray]]:
+class TrainBatches:
+  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`.
+
+  `skipped` counts the examples dropped as undecodable so far (see `_preprocessed`).
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
+               start_step: int = 0, shuffle_buffer: int = 10_000, on_corrupt: str = 'skip'):
+    pp = preprocess.parse(pp_spec)
+    ds = _load(name, split, data_dir, shuffle_files=True, seed=seed)
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = _preprocessed(ds, seed, pp, on_corrupt)
+    ds = ds.skip(start_step * per_host_batch)  # Resume: the data order is a function of the seed alone.
+    self._batches = _numpy(ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    self.skipped = 0
+    self._next_index = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._batches)
+    index = batch.pop('_index')
+    first = int(index[0]) if self._next_index is None else self._next_index
+    self.skipped += int(index[-1]) - first + 1 - len(index)
+    self._next_index = int(index[-1]) + 1
+    return {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
+
+
+
+def eval_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int,
+                 on_corrupt: str = 'skip') -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` in full batches; padding examples carry `mask` 0 so every host runs as many steps."""
   pp = preprocess.parse(pp_spec)
   b = builder(name, data_dir)
   total = b.info.splits[split].num_examples
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / per_host_batch)
-  ds = _with_index_seed(_load(name, split, data_dir, shuffle_files=False, seed=0), 0, pp)
-  ds = ds.batch(per_host_batch).prefetch(tf.data.AUTOTUNE)
-  it = iter(tfds.as_numpy(ds))
+  ds = _preprocessed(_load(name, split, data_dir, shuffle_files=False, seed=0), 0, pp, on_corrupt)
+  it = _numpy(ds.batch(per_host_batch).prefetch(tf.data.AUTOTUNE))
   template = None
   for _ in range(num_batches):
     batch = next(it, None)

@@ -70,6 +70,10 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   if workdir is not None:
     check_writable(workdir)
   dataset = data.info(config.data.name, config.data.get('data_dir'))
+  for field in ('pp_train', 'pp_eval'):
+    data.preprocess.parse(config.data[field])
+  if config.data.get('on_corrupt', 'skip') not in data.ON_CORRUPT:
+    raise ConfigError(f'config.data.on_corrupt={config.data.on_corrupt!r}; choose one of {", ".join(data.ON_CORRUPT)}')
   mesh = parallel.make_mesh(config.mesh)
   dp = parallel.data_parallel_size(mesh)
   if config.batch_size % dp or config.batch_size % jax.process_count():
@@ -83,6 +87,8 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   model = models.create(config.model.name, num_classes=dataset.num_classes, **model_kwargs(config))
   size = config.data.image_size
   patch = getattr(model, 'patch_size', 1)
+  if not isinstance(patch, int) or patch < 1 or size < 1:
+    raise ConfigError(f'config.data.image_size={size} and the patch size {patch} must be positive integers')
   if size % patch:
     raise ConfigError(f'config.data.image_size={size} is not divisible by the patch size {patch} of '
                       f'{config.model.name}; use a multiple of {patch}')

@@ -27,7 +27,8 @@ def run_eval(s: setup_lib.Setup, params: Any, model_state: Any, eval_step=None) 
     eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state,
                                      s.rules)
   totals = None
-  for batch in data.eval_batches(cfg.name, cfg.eval_split, cfg.get('data_dir'), cfg.pp_eval, s.per_host_batch):
+  for batch in data.eval_batches(cfg.name, cfg.eval_split, cfg.get('data_dir'), cfg.pp_eval, s.per_host_batch,
+                                 cfg.get('on_corrupt', 'skip')):
     sums = jax.device_get(eval_step(params, model_state, parallel.to_global(batch, s.mesh)))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   count = max(float(totals['count']), 1.0)
@@ -60,8 +61,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                                      config.get('grad_accum_steps', 1), skip_nonfinite)
   eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
   cfg = config.data
-  batches = data.train_batches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
-                               seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000))
+  batches = data.TrainBatches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
+                              seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000),
+                              on_corrupt=cfg.get('on_corrupt', 'skip'))
   total = config.total_steps
   results: dict[str, Any] = {}
   preemption = guards.Preemption()
@@ -79,7 +81,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         now = time.perf_counter()
         step_seconds = (now - last_time) / (step - last_step)
         last_time, last_step = now, step
-        metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds})
+        metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds,
+                        'data/skipped_examples': batches.skipped})
         writer.write(step, metrics)
         bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', lr=f'{metrics["train/learning_rate"]:.2e}')
       preempted = preemption.requested()
