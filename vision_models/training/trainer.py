@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from vision_models import data, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import guards, setup as setup_lib, state as state_lib, steps
+from vision_models.training import guards, perf, setup as setup_lib, state as state_lib, steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -68,10 +68,14 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   results: dict[str, Any] = {}
   preemption = guards.Preemption()
   bar = tqdm(total=total, initial=start, disable=not is_main, desc='train', dynamic_ncols=True)
-  last_time, last_step, previous = time.perf_counter(), start, None
+  last_time, last_step, previous, flops = time.perf_counter(), start, None, None
+  peak = perf.device_peak_flops(config.get('peak_flops_per_device'))
   try:
     for step in range(start + 1, total + 1):
-      state, metrics = train_step(state, parallel.to_global(next(batches), s.mesh), step_rng)
+      batch = parallel.to_global(next(batches), s.mesh)
+      if flops is None:
+        flops = perf.step_flops(train_step, state, batch, step_rng) or 0.0
+      state, metrics = train_step(state, batch, step_rng)
       if previous is not None and not skip_nonfinite:  # The previous step is done by now: checking it costs no stall.
         guards.check_finite(*previous)
       previous = (step, metrics)
@@ -82,7 +86,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         step_seconds = (now - last_time) / (step - last_step)
         last_time, last_step = now, step
         metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds,
-                        'data/skipped_examples': batches.skipped})
+                        'perf/model_flops_per_step': flops, 'data/skipped_examples': batches.skipped})
+        utilisation = perf.mfu(flops, step_seconds, peak, jax.device_count())
+        if utilisation is not None:
+          metrics['perf/mfu'] = utilisation
         writer.write(step, metrics)
         bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', lr=f'{metrics["train/learning_rate"]:.2e}')
       preempted = preemption.requested()
