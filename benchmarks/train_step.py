@@ -1,0 +1,135 @@
+"""Times our full jitted train step (forward, backward, AdamW update) and, with --against-timm, timm's in the same run.
+
+  python -m benchmarks.train_step --model vit_s16 --batch 8 --resolution 224 --steps 10 --against-timm
+
+Prints one JSON line per implementation (`examples_per_sec`, median `step_seconds`, `model_flops_per_step`, `mfu`
+where the device's peak is known, compiled temporary memory) and, with --against-timm, a line with the ratio
+ours / timm. `--min-ratio R` exits 1 when the ratio is below R, so the bar can be checked by a script.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vision_models import models, parallel
+from vision_models.training import perf, state as state_lib, steps
+
+TIMM_NAMES = {
+    'vit_ti16': 'vit_tiny_patch16_224', 'vit_s16': 'vit_small_patch16_224', 'vit_b16': 'vit_base_patch16_224',
+    'vit_l16': 'vit_large_patch16_224', 'convnext_t': 'convnext_tiny', 'convnext_s': 'convnext_small',
+    'convnext_b': 'convnext_base', 'convnextv2_t': 'convnextv2_tiny', 'mixer_s16': 'mixer_s16_224',
+    'mixer_b16': 'mixer_b16_224', 'maxvit_t': 'maxvit_tiny_tf_224', 'maxvit_s': 'maxvit_small_tf_224',
+}
+
+
+def time_steps(run_step, steps: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    run_step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def ours(args) -> dict:
+  kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
+  if args.remat:
+    kwargs['remat'] = True
+  if args.attn_impl:
+    kwargs['attn_impl'] = args.attn_impl
+  model = models.create(args.model, num_classes=1000, **kwargs)
+  mesh = parallel.make_mesh(dict(data=-1))
+  tx = optax.adamw(1e-4, weight_decay=0.05)
+  shape = (args.resolution, args.resolution, 3)
+  shardings = state_lib.shardings(model, tx, shape, mesh)
+  state = state_lib.create(model, tx, shape, jax.random.key(0), shardings)
+  step = steps.make_train_step(steps.classification_loss(model), tx, optax.constant_schedule(1e-4), mesh, shardings)
+  rng = np.random.default_rng(0)
+  batch = jax.device_put({'image': rng.normal(size=(args.batch, *shape)).astype(np.float32),
+                          'label': rng.integers(0, 1000, args.batch).astype(np.int32)}, parallel.batch_sharding(mesh))
+  key = jax.random.key(1)
+  flops = perf.step_flops(step, state, batch, key)
+  compiled = step.lower(state, batch, key).compile()
+  memory = compiled.memory_analysis()
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step(holder[0], batch, key)
+    jax.block_until_ready(metrics)
+
+  times = time_steps(run, args.steps, args.warmup)
+  median = statistics.median(times)
+  peak = perf.device_peak_flops()
+  return {'impl': 'vision_models', 'model': args.model, 'batch': args.batch, 'resolution': args.resolution,
+          'dtype': args.dtype, 'remat': args.remat, 'device': jax.devices()[0].device_kind,
+          'devices': jax.device_count(), 'step_seconds': median, 'examples_per_sec': args.batch / median,
+          'model_flops_per_step': flops, 'mfu': perf.mfu(flops, median, peak, jax.device_count()),
+          'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
+          'params': models.param_count(nn.unbox(holder[0].params))}
+
+
+def timm_step(args) -> dict:
+  import timm
+  import torch
+  model = timm.create_model(TIMM_NAMES[args.model], pretrained=False, num_classes=1000)
+  model.train()
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  model.to(device)
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+  images = torch.randn(args.batch, 3, args.resolution, args.resolution, device=device)
+  labels = torch.randint(0, 1000, (args.batch,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+
+  def run():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
+
+  times = time_steps(run, args.steps, args.warmup)
+  median = statistics.median(times)
+  return {'impl': 'timm', 'model': TIMM_NAMES[args.model], 'batch': args.batch, 'resolution': args.resolution,
+          'dtype': args.dtype, 'device': device, 'torch_threads': torch.get_num_threads(), 'step_seconds': median,
+          'examples_per_sec': args.batch / median}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='vit_s16')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--resolution', type=int, default=224)
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--remat', action='store_true')
+  parser.add_argument('--attn-impl', default=None)
+  parser.add_argument('--against-timm', action='store_true')
+  parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
+  args = parser.parse_args(argv)
+  if args.against_timm and args.model not in TIMM_NAMES:
+    parser.error(f'no timm counterpart for {args.model}; known: {", ".join(sorted(TIMM_NAMES))}')
+  result = ours(args)
+  print(json.dumps(result), flush=True)
+  if not args.against_timm:
+    return 0
+  reference = timm_step(args)
+  print(json.dumps(reference), flush=True)
+  ratio = result['examples_per_sec'] / reference['examples_per_sec']
+  print(json.dumps({'model': args.model, 'ours_over_timm': ratio}), flush=True)
+  return 1 if args.min_ratio is not None and ratio < args.min_ratio else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
