@@ -68,9 +68,20 @@ def test_frechet_distance_matches_scipy():
   want = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
   np.testing.assert_allclose(fid.frechet_distance(mu1, s1, mu2, s2), want, rtol=1e-9)
   assert abs(fid.frechet_distance(mu1, s1, mu1, s1)) < 1e-9
-  # Fewer samples than dimensions: rank-deficient covariances still give a real, non-negative distance.
+  # Fewer samples than dimensions: singular covariances (no Cholesky) still agree.
   (mu3, s3), (mu4, s4) = fid.compute_statistics(a[:20]), fid.compute_statistics(b[:20])
-  assert fid.frechet_distance(mu3, s3, mu4, s4) > 0
+  want = np.sum((mu3 - mu4) ** 2) + np.trace(s3 + s4 - 2 * linalg.sqrtm(s3 @ s4).real)
+  np.testing.assert_allclose(fid.frechet_distance(mu3, s3, mu4, s4), want, rtol=1e-6)
+
+
+def test_evaluate_reports_fid_against_reference():
+  rng = np.random.default_rng(0)
+  outputs = {'pool': rng.normal(size=(50, 16)), 'logits_unbiased': rng.normal(size=(50, 1008))}
+  reference = fid.compute_statistics(rng.normal(size=(80, 16)) + 1.0)
+  got = fid.evaluate(outputs, reference, splits=5)
+  assert got['fid'] == fid.frechet_distance(*fid.compute_statistics(outputs['pool']), *reference) > 10
+  assert got['inception_score'] == fid.inception_score(outputs['logits_unbiased'], 5)[0]
+  assert 'fid' not in fid.evaluate(outputs)
 
 
 def test_statistics_roundtrip(tmp_path):
@@ -112,3 +123,26 @@ def test_kid_is_the_unbiased_polynomial_mmd():
   np.testing.assert_allclose([mean, std], [want, 0.0], atol=1e-10)
   same = rng.normal(size=(400, 5))
   assert abs(fid.kernel_inception_distance(same[:200], same[200:], num_subsets=20, subset_size=100)[0]) < 0.05 < want
+
+
+def test_command_line_scores_images_and_writes_statistics(torch_inception, tmp_path, capsys, monkeypatch):
+  import json
+  import torch
+  net, inner = torch_inception
+  np.savez(tmp_path / 'inception.npz', **{k: v.numpy() for k, v in inner.state_dict().items()})
+  # 75x75 (the smallest the network takes) without the resize to 299 keeps this fast; the resize is tested above.
+  monkeypatch.setattr(net, 'resize_input', False)
+  load = fid.load_inception
+  monkeypatch.setattr(fid, 'load_inception', lambda path: load(path, resize=False))
+  images = np.random.default_rng(1).integers(0, 256, (3, 75, 75, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'samples.npz', images=images, labels=np.zeros(3))
+  with torch.no_grad():
+    pool = net(torch.from_numpy(images.transpose(0, 3, 1, 2) / np.float32(255)))[0].flatten(1).numpy()
+  fid.main(['--inception', str(tmp_path / 'inception.npz'), '--images', str(tmp_path / 'samples.npz'),
+            '--save_statistics', str(tmp_path / 'own.npz'), '--batch_size', '2'])
+  result = json.loads(capsys.readouterr().out)  # FID against --reference: test_evaluate_reports_fid_against_reference.
+  assert result['num_images'] == 3 and result['inception_score'] >= 1.0
+  np.testing.assert_allclose(fid.load_statistics(str(tmp_path / 'own.npz'))[0], pool.mean(0), atol=1e-4)
+  with pytest.raises(SystemExit) as exit_info:
+    fid.main(['--inception', str(tmp_path / 'missing.pth'), '--images', str(tmp_path / 'samples.npz')])
+  assert exit_info.value.code == 2 and 'not found' in capsys.readouterr().err

@@ -208,21 +208,26 @@ def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
     return f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
 
 
-def _psd_sqrt(a: np.ndarray) -> np.ndarray:
-  w, v = np.linalg.eigh((a + a.T) / 2)
-  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """tr (Σ1 Σ2)^½ from the spectrum of a symmetric matrix similar to Σ1 Σ2: Lᵀ Σ2 L with Σ1 = L Lᵀ (Cholesky), or
+  Σ1^½ Σ2 Σ1^½ when Σ1 is singular (fewer samples than dimensions). Real and exact where sqrtm needs an eps."""
+  try:
+    root = np.linalg.cholesky(sigma1)
+    eig = np.linalg.eigvalsh(root.T @ sigma2 @ root)
+  except np.linalg.LinAlgError:
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = np.linalg.eigvalsh(root @ sigma2 @ root)
+  return float(np.sqrt(np.clip(eig, 0, None)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-  """‖μ1−μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1 Σ2)^½, the trace term from the eigenvalues of Σ1^½ Σ2 Σ1^½ (symmetric, with
-  the same spectrum as Σ1 Σ2), which stays real and exact for the rank-deficient covariances of small samples."""
+  """‖μ1−μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1 Σ2)^½ between two Gaussians (float64)."""
   mu1, mu2, sigma1, sigma2 = (np.asarray(a, np.float64) for a in (mu1, mu2, sigma1, sigma2))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ConfigError(f'statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}')
-  root = _psd_sqrt(sigma1)
-  eig = np.linalg.eigvalsh(root @ sigma2 @ root)
-  trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2)
+               - 2 * _trace_sqrt_product(sigma1, sigma2))
 
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
