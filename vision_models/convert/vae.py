@@ -56,7 +56,10 @@ def from_diffusers_vae(state_dict: Mapping[str, Any], **config: Any) -> tuple[nn
   not the SD VAE's 32 (diffusers' `config.json` has it), plus `dtype` / `attn_impl` if wanted.
   """
   sd = StateDict(state_dict, SOURCE)
-  module = AutoencoderKL(**{**infer_config(sd.tensors), **config})
+  config = {**infer_config(sd.tensors), **config}
+  if 'block_out_channels' in config:  # A list from config.json would make the module unhashable.
+    config['block_out_channels'] = tuple(config['block_out_channels'])
+  module = AutoencoderKL(**config)
   converted = {}
   for key in sd.tensors:
     w = sd[key]

@@ -8,6 +8,8 @@ Latent diffusion (DiT) trains on `SCALE * z` with `z` sampled from the encoder's
     latents = SCALE * sample(key, mean, logvar)                         # [b, h/8, w/8, 4]
     images = vae.apply(variables, latents / SCALE, method=vae.decode)
 """
+import json
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models import kernels
+from vision_models.errors import ConfigError
 from vision_models.models import layers
 
 SCALE = 0.18215  # Scales SD-VAE latents to about unit variance (the LDM / DiT constant).
@@ -208,3 +211,22 @@ class AutoencoderKL(nn.Module):
 def sample(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """A draw from the diagonal Gaussian posterior (diffusers' `latent_dist.sample()`)."""
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def load_pretrained(path: str, **config: Any) -> tuple[AutoencoderKL, dict[str, Any]]:
+  """`(module, variables)` from diffusers weights (`diffusion_pytorch_model.safetensors`, e.g. of
+  stabilityai/sd-vae-ft-ema); a `config.json` beside it supplies `norm_num_groups` and the like, `config` overrides."""
+  from safetensors.numpy import load_file
+
+  from vision_models.convert.vae import from_diffusers_vae
+  if not os.path.isfile(path) or not path.endswith('.safetensors'):
+    raise ConfigError(f'VAE weights {path!r}: expected an existing diffusers .safetensors file (see '
+                      'docs/diffusion_eval.md for where to get diffusion_pytorch_model.safetensors)')
+  config_path = os.path.join(os.path.dirname(path), 'config.json')
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      saved = json.load(f)
+    keys = ('block_out_channels', 'layers_per_block', 'latent_channels', 'norm_num_groups', 'in_channels',
+            'out_channels', 'use_quant_conv', 'use_post_quant_conv')
+    config = {**{k: saved[k] for k in keys if k in saved}, **config}
+  return from_diffusers_vae(load_file(path), **config)
