@@ -1,7 +1,7 @@
 """Encodes a TFDS image dataset into SD-VAE latents once, written as a TFDS dataset that training reads like any other.
 
-    python -m vision_models.diffusion.encode_latents --dataset imagenet2012 --split train --data_dir ~/tensorflow_datasets \\
-        --vae sd-vae-ft-ema/diffusion_pytorch_model.safetensors --image_size 256 --out ~/tensorflow_datasets [--flip]
+    python -m vision_models.diffusion.encode_latents --dataset imagenet2012 --split train --data_dir DATA \\
+        --vae sd-vae-ft-ema/diffusion_pytorch_model.safetensors --image_size 256 --out DATA [--flip]
 
 Each image is center-cropped as ADM / DiT do (`center_crop_arr`: box-halve while the short side is at least twice
 the size, bicubic resize of the short side to the size, center crop), mapped to [-1, 1], encoded, and one posterior
@@ -55,15 +55,15 @@ def _encoder(module: vae_lib.AutoencoderKL, variables: Any, batch_size: int, see
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
 
   @jax.jit
-  def encode(images, index):
-    mean, logvar = module.apply(variables, images.astype(np.float32) / 127.5 - 1.0, method=module.encode)
+  def encode(params, images, index):
+    mean, logvar = module.apply(params, images.astype(np.float32) / 127.5 - 1.0, method=module.encode)
     key = jax.random.fold_in(jax.random.key(seed), index)
     return vae_lib.SCALE * vae_lib.sample(key, mean, logvar)
 
   def run(images: np.ndarray, index: int) -> np.ndarray:
     n = len(images)
     padded = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-    return np.asarray(encode(jax.device_put(padded, sharding), index))[:n]
+    return np.asarray(encode(variables, jax.device_put(padded, sharding), index))[:n]
   return run
 
 

@@ -172,7 +172,7 @@ def inception_outputs(module: nn.Module, variables: Any, images: Iterable[np.nda
                       batch_size: int = 100) -> dict[str, np.ndarray]:
   """Runs the network over images (an array or an iterable of batches, NHWC uint8 or [0, 1] float) in batches of
   `batch_size` (the last one padded, so one shape compiles); returns `pool` and `logits_unbiased` as numpy."""
-  forward = jax.jit(lambda x: {k: v for k, v in module.apply(variables, x).items() if k != 'logits'})
+  forward = jax.jit(lambda params, x: {k: v for k, v in module.apply(params, x).items() if k != 'logits'})
   batches = images
   if isinstance(images, np.ndarray):
     batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
@@ -181,7 +181,7 @@ def inception_outputs(module: nn.Module, variables: Any, images: Iterable[np.nda
     n = len(batch)
     padded = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)]) if n < batch_size \
         else batch
-    outputs.append(jax.tree.map(lambda y: np.asarray(y[:n], np.float64), forward(padded)))
+    outputs.append(jax.tree.map(lambda y: np.asarray(y[:n], np.float64), forward(variables, padded)))
   return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
 

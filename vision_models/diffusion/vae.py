@@ -1,4 +1,4 @@
-"""The Stable Diffusion KL autoencoder (diffusers `AutoencoderKL`, e.g. `stabilityai/sd-vae-ft-mse`) in flax.linen, NHWC.
+"""The Stable Diffusion KL autoencoder (diffusers `AutoencoderKL`, e.g. `stabilityai/sd-vae-ft-mse`), flax.linen, NHWC.
 
 Latent diffusion (DiT) trains on `SCALE * z` with `z` sampled from the encoder's diagonal Gaussian, and decodes
 `samples / SCALE`. Module names mirror the diffusers state dict (`encoder.down_blocks.0.resnets.1.norm1`,
