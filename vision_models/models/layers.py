@@ -160,3 +160,15 @@ def resample_posemb(posemb: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
     raise ValueError(f'cannot resample a non-square grid of {n} positions')
   grid = posemb.reshape(side, side, dim)
   return jax.image.resize(grid, (*new_hw, dim), method='bilinear', antialias=False).reshape(-1, dim)
+
+
+def remat(block: type[nn.Module], policy: bool | str, static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """`block` recomputed in the backward pass when `policy` is set: True saves nothing, a name picks a
+  `jax.checkpoint_policies` policy (e.g. 'dots_with_no_batch_dims_saveable' keeps the matmul outputs)."""
+  if not policy:
+    return block
+  if policy is True:
+    return nn.remat(block, static_argnums=static_argnums)
+  if not hasattr(jax.checkpoint_policies, policy):
+    raise ValueError(f'unknown remat policy {policy!r}; use True or a name in jax.checkpoint_policies')
+  return nn.remat(block, static_argnums=static_argnums, policy=getattr(jax.checkpoint_policies, policy))

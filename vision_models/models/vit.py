@@ -50,7 +50,8 @@ class ViT(nn.Module):
   """ViT classifier. `pool='token'` uses a class token (timm default), `'gap'` averages the patch tokens.
 
   `posemb='learn'` adds a learned embedding (normal std 0.02), `'sincos2d'` a fixed one (not a parameter).
-  `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass.
+  `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass
+  (True, or a `jax.checkpoint_policies` name).
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -64,7 +65,7 @@ class ViT(nn.Module):
   drop_path: float = 0.0
   layer_scale: float | None = None
   attn_impl: str = 'xla'
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = None
 
   @nn.compact
@@ -95,7 +96,7 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = layers.constrain(x, ('batch', 'length', 'act_embed'))
 
-    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    block = layers.remat(Block, self.remat, static_argnums=(2,))
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
       x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
