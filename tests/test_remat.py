@@ -22,7 +22,8 @@ def test_remat_gives_identical_gradients(policy):
   variables = nn.unbox(plain.init(jax.random.key(1), images))
   variables['params']['head']['kernel'] = jax.random.normal(jax.random.key(2), (32, 5))
   expected, got = loss_and_grads(plain, variables, images), loss_and_grads(remat, variables, images)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, expected)  # Fusion order only.
+  # Equal up to float32 rounding of sums that cancel: tolerance relative to each tensor's scale.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()), got, expected)
 
 
 def test_unknown_remat_policy():
