@@ -51,6 +51,11 @@ def gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """tanh-approximate GELU, as TF's `gelu` in the official MaxViT and timm's `gelu_tanh` (MaxViT-TF, DiT)."""
+  return nn.gelu(x, approximate=True)
+
+
 class Mlp(nn.Module):
   """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column/row split)."""
   hidden_dim: int
