@@ -100,7 +100,8 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], **overrides: Any):
   sd = StateDict(state_dict, f'timm {timm_name}')
   kwargs = architecture(sd, overrides.get('partition_ratio', 32))
   named = re.search(r'_(\d+)$', timm_name)
-  for size, where in ((int(named[1]) if named else None, 'the model name'), (overrides.get('image_size'), 'image_size')):
+  claims = ((int(named[1]) if named else None, 'the model name'), (overrides.get('image_size'), 'image_size'))
+  for size, where in claims:
     if size is not None and size != kwargs['image_size']:
       raise ConfigError(f'timm {timm_name!r}: {where} says {size} px but the relative position tables are for '
                         f'{kwargs["image_size"]} px (window {kwargs["image_size"] // kwargs["partition_ratio"]}); '

@@ -6,8 +6,9 @@ attention (a w×w grid dilated over the whole map) + FFN, with w = image_size / 
 learned 2-D relative position bias table (heads, 2w−1, 2w−1). Head: average pool → LN → pre-logits dense + tanh → dense.
 
 TF conventions the weights need: BatchNorm eps 1e-3, LayerNorm eps 1e-5, tanh GELU, TF 'SAME' padding (asymmetric for
-the stride-2 convs). Module names follow timm's state dict (`stem/conv1`, `stages_I_blocks_J/{conv,attn_block,
-attn_grid}`, `norm`, `pre_logits`, `head`). BatchNorm statistics live in the `batch_stats` collection.
+the stride-2 convs). Module names follow timm's state dict (`stem_conv1`, `stages_I_blocks_J/{conv,attn_block,
+attn_grid}`, `norm`, `pre_logits`, `head`). BatchNorm statistics live in the `batch_stats` collection; under a
+data-parallel jit the batch statistics are those of the global batch (synchronised BatchNorm).
 """
 from typing import Any, Sequence
 
@@ -119,8 +120,8 @@ class PartitionAttention(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dim, w = x.shape[-1], self.window
     heads = dim // self.head_dim
-    table = self.param('relative_position_bias_table', layers.with_axes(nn.initializers.normal(0.02),
-                                                                        ('heads', None, None)), (heads, 2 * w - 1, 2 * w - 1))
+    table_init = layers.with_axes(nn.initializers.normal(0.02), ('heads', None, None))
+    table = self.param('relative_position_bias_table', table_init, (heads, 2 * w - 1, 2 * w - 1))
     rows, cols = relative_position_index(w)
     bias = table[:, rows, cols][None]  # [1, heads, w², w²]
 
