@@ -8,6 +8,7 @@ import pytest
 
 from vision_models import convert, models
 from vision_models.errors import ConfigError
+from vision_models.models import layers
 
 # timm 1.0.31, num_classes=1000 (shared/references/models.md, section 0).
 TIMM_COUNTS = {
@@ -73,6 +74,15 @@ def test_train_mode_updates_batch_stats_and_is_deterministic():
   np.testing.assert_allclose(with_remat, logits, atol=1e-5)
   assert not np.allclose(evaluated, logits)  # Eval reads the running statistics, train the batch's.
   assert pooled.shape == (4, 64) and np.abs(pooled).max() <= 1.0  # pre-logits after the tanh
+
+
+@pytest.mark.parametrize('shape,stride,padding', [((2, 9, 8, 3), 2, 'SAME'), ((1, 7, 7, 4), 1, ((3, 3), (3, 3)))])
+def test_depthwise_conv_matches_grouped_conv(shape, stride, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, shape[-1]))
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, feature_group_count=shape[-1],
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(layers.depthwise_conv(x, kernel, (stride, stride), padding), expected, atol=1e-5)
 
 
 def test_bad_image_sizes_are_config_errors():

@@ -33,15 +33,12 @@ BN_MOMENTUM = 0.99  # The official recipe's (TF decay 0.99).
 LN_EPS = 1e-5
 
 
-def conv(features: int, kernel: int = 1, stride: int = 1, groups: int = 1, use_bias: bool = True,
-         dtype: Any = None, name: str | None = None) -> nn.Conv:
+def conv(features: int, kernel: int = 1, stride: int = 1, use_bias: bool = True, dtype: Any = None,
+         name: str | None = None) -> nn.Conv:
   """Conv with TF 'SAME' padding and EfficientNet's init normal(0, sqrt(2 / fan_out)) (timm's `_init_conv`)."""
-  depthwise = groups > 1
-  # A depthwise kernel (k, k, 1, C) has per-group fan-out k·k, which is its fan-in in Flax's reckoning.
-  init = nn.initializers.variance_scaling(2.0, 'fan_in' if depthwise else 'fan_out', 'normal')
-  axes = (None, None, None if depthwise else 'conv_in', 'conv_out')
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME', feature_group_count=groups,
-                 use_bias=use_bias, dtype=dtype, name=name, kernel_init=layers.with_axes(init, axes),
+  init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME', use_bias=use_bias, dtype=dtype,
+                 name=name, kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'conv_out')),
                  bias_init=layers.with_axes(nn.initializers.zeros, ('conv_out',)))
 
 
@@ -74,7 +71,10 @@ class MBConv(nn.Module):
     x = batch_norm(train, self.dtype, 'pre_norm')(x)
     x = conv(mid, use_bias=False, dtype=self.dtype, name='conv1_1x1')(x)
     x = layers.gelu_tanh(batch_norm(train, self.dtype, 'norm1')(x))
-    x = conv(mid, 3, self.stride, groups=mid, use_bias=False, dtype=self.dtype, name='conv2_kxk')(x)
+    # A depthwise kernel (3, 3, 1, C) has per-group fan-out 3·3, which is its fan-in in Flax's reckoning.
+    x = layers.DepthwiseConv((3, 3), (self.stride, self.stride), 'SAME', use_bias=False, dtype=self.dtype,
+                             kernel_init=nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+                             name='conv2_kxk')(x)
     x = layers.gelu_tanh(batch_norm(train, self.dtype, 'norm2')(x))
     # Squeeze-excitation with int(0.25 × output width) hidden units, SiLU inside, sigmoid gate.
     se = x.mean(axis=(1, 2), keepdims=True)
