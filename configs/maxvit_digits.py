@@ -1,5 +1,6 @@
 # Command:  python train.py --config=configs/maxvit_digits.py --workdir=workdirs/maxvit_digits
-# Expected: >= 95% top-1 on the 360 held-out digits; a few minutes on 2 CPU cores, no download.
+# Expected: >= 95% top-1 on the 360 held-out digits (100% measured; 94.4% at step 500, 98.9% at 1000); about
+#           4 CPU-minutes of training (6 min wall on a busy 2-core machine), no download.
 """MaxViT quickstart on scikit-learn's digits at 16 px: two stages of one MaxViT block each (MBConv, then block and
 grid attention with 2×2 windows: window = image_size // partition_ratio = 16 // 8), BatchNorm state in
 `batch_stats`."""
