@@ -51,6 +51,11 @@ def gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """tanh-approximate GELU, as TF's `gelu` in the official MaxViT and timm's `gelu_tanh` (MaxViT-TF, DiT)."""
+  return nn.gelu(x, approximate=True)
+
+
 class Mlp(nn.Module):
   """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column/row split)."""
   hidden_dim: int
@@ -114,6 +119,49 @@ class Attention(nn.Module):
                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1), out_axis=2))
     out = jnp.einsum('...hk,hkd->...d', out, w_out) + param('out_bias', (dim,), ('embed',), nn.initializers.zeros)
     return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (1, 1),
+                   padding: str | Sequence[tuple[int, int]] = 'SAME') -> jax.Array:
+  """Depthwise 2-D convolution of NHWC `x` with a `(kh, kw, 1, C)` kernel; `padding` as in `lax.conv`.
+
+  XLA:CPU runs grouped convolutions (and their gradients) about 10× slower than the sum of kh·kw shifted, strided
+  products, so on the CPU it is computed that way; other backends use their native depthwise convolution.
+  """
+  kh, kw = kernel.shape[:2]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
+  if jax.default_backend() != 'cpu':
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        feature_group_count=x.shape[-1])
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  (sh, sw), (batch, h, w, c) = strides, x.shape
+  oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+  taps = (jax.lax.slice(x, (0, i, j, 0), (batch, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
+          * kernel[i, j, 0] for i in range(kh) for j in range(kw))
+  return sum(taps)
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise conv with `nn.Conv`'s parameters (`kernel (kh, kw, 1, C)`, `bias`), computed by `depthwise_conv`."""
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: str | Sequence[tuple[int, int]] = 'SAME'
+  use_bias: bool = True
+  kernel_init: Init = nn.initializers.lecun_normal()
+  bias_init: Init = nn.initializers.zeros
+  dtype: Dtype | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param('kernel', with_axes(self.kernel_init, (None, None, None, 'conv_out')),
+                        (*self.kernel_size, 1, channels))
+    dtype = self.dtype or x.dtype
+    y = depthwise_conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
+    if self.use_bias:
+      y = y + self.param('bias', with_axes(self.bias_init, ('conv_out',)), (channels,)).astype(dtype)
+    return y
 
 
 class DropPath(nn.Module):
