@@ -22,8 +22,10 @@ def test_remat_gives_identical_gradients(policy):
   variables = nn.unbox(plain.init(jax.random.key(1), images))
   variables['params']['head']['kernel'] = jax.random.normal(jax.random.key(2), (32, 5))
   expected, got = loss_and_grads(plain, variables, images), loss_and_grads(remat, variables, images)
-  # Equal up to float32 rounding of sums that cancel: tolerance relative to each tensor's scale.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()), got, expected)
+  # Equal up to float32 rounding (some gradients are analytically zero, e.g. the key bias under softmax's shift
+  # invariance): the absolute tolerance is relative to the largest gradient.
+  scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(expected))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale), got, expected)
 
 
 def test_unknown_remat_policy():
