@@ -46,3 +46,16 @@ def next_pow2(n: int) -> int:
 
 def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
+
+
+def out_struct(shape: tuple[int, ...], dtype: Any, *inputs: jax.Array) -> jax.ShapeDtypeStruct:
+  """A `pallas_call` output type. Under `shard_map` it must name the mesh axes it varies over: those of its inputs."""
+  varying = frozenset().union(*(jax.typeof(x).manual_axis_type.varying for x in inputs))
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+
+
+def reduce_to(grad: jax.Array, primal: jax.Array) -> jax.Array:
+  """Sums a cotangent over the mesh axes it varies over and its primal does not (a kernel replicated under
+  `shard_map` gets the sum of every shard's gradient)."""
+  extra = jax.typeof(grad).manual_axis_type.varying - jax.typeof(primal).manual_axis_type.varying
+  return lax.psum(grad, tuple(sorted(extra))) if extra else grad

@@ -99,7 +99,7 @@ def _forward(x, w, pads, *, platform: str):
   grid = (n, lay['cp'] // cb, lay['nh'])
   out = pl.pallas_call(
       functools.partial(_forward_kernel, kh=kh, kw=kw),
-      out_shape=jax.ShapeDtypeStruct((n, lay['nh'] * hb, wo, lay['cp']), x.dtype), grid=grid,
+      out_shape=cc.out_struct((n, lay['nh'] * hb, wo, lay['cp']), x.dtype, x, w), grid=grid,
       in_specs=[_x_spec(lay), pl.BlockSpec((kh, kw, cb), lambda b, c, i: (0, 0, c))],
       out_specs=pl.BlockSpec((None, hb, wo, cb), lambda b, c, i: (b, i, 0, c)),
       cost_estimate=pl.CostEstimate(flops=2 * n * grid[2] * hb * wo * lay['cp'] * kh * kw, transcendentals=0,
@@ -119,7 +119,7 @@ def _weight_grad(x, dy, kernel_hw, pads, *, platform: str):
   dy = jnp.pad(dy, ((0, 0), (0, lay['nh'] * hb - h), (0, wo - wd), (0, lay['cp'] - c)))
   partial = pl.pallas_call(
       functools.partial(_weight_grad_kernel, kh=kh, kw=kw),
-      out_shape=jax.ShapeDtypeStruct((n, lay['nh'], kh, kw, lay['cp']), _F32), grid=grid,
+      out_shape=cc.out_struct((n, lay['nh'], kh, kw, lay['cp']), _F32, x, dy), grid=grid,
       in_specs=[_x_spec(lay), pl.BlockSpec((None, hb, wo, cb), lambda b, c, i: (b, i, 0, c))],
       out_specs=pl.BlockSpec((None, None, kh, kw, cb), lambda b, c, i: (b, i, 0, 0, c)),
       cost_estimate=pl.CostEstimate(flops=2 * n * grid[2] * hb * wo * lay['cp'] * kh * kw, transcendentals=0,
@@ -147,7 +147,7 @@ def _depthwise_bwd(interpret, residuals, dy):
   mirrored = (kh - 1 - pads[0], kw - 1 - pads[1])
   dx = cc.per_platform(functools.partial(_forward, pads=mirrored), dy, w[::-1, ::-1], interpret=interpret)
   dw = cc.per_platform(functools.partial(_weight_grad, kernel_hw=(kh, kw), pads=pads), x, dy, interpret=interpret)
-  return dx, dw.astype(w.dtype)
+  return cc.reduce_to(dx, x), cc.reduce_to(dw.astype(w.dtype), w)
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

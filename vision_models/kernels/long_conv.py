@@ -193,7 +193,7 @@ def _call(a, b, *consts, n1: int, twiddle: bool, out_dtype, platform: str):
                                                                 sum(c.nbytes for c in consts)))
   kernel = functools.partial(_conv_kernel, n1=n1, twiddle=twiddle, shared=shared)
   return pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct(a.shape, out_dtype), grid=(batch // block_b, channels // block_c),
+      kernel, out_shape=cc.out_struct(a.shape, out_dtype, a, b), grid=(batch // block_b, channels // block_c),
       in_specs=[a_spec, b_spec] + const_specs, out_specs=a_spec, cost_estimate=cost,
       compiler_params=cc.compiler_params(platform, ('parallel', 'parallel')),
       interpret=platform == cc.INTERPRET, name='long_conv')(a, b, *consts)
@@ -254,7 +254,7 @@ def _long_conv_bwd(causal, interpret, residuals, dy):
   length, klen, shift = u.shape[1], k.shape[0], _shift(k.shape[0], causal)
   du = _conv1d(dy, k[None, ::-1], klen - 1 - shift, length, interpret=interpret, out_dtype=u.dtype)
   dk = _conv1d(u, dy[:, ::-1], length - klen + shift, klen, interpret=interpret, out_dtype=_F32)
-  return du, dk.sum(0)[::-1].astype(k.dtype)
+  return cc.reduce_to(du, u), cc.reduce_to(dk.sum(0)[::-1].astype(k.dtype), k)
 
 
 _long_conv.defvjp(_long_conv_fwd, _long_conv_bwd)
@@ -277,7 +277,7 @@ def _long_conv2d_bwd(interpret, residuals, dy):
                out_dtype=x.dtype)
   dk = _conv2d(x, dy[:, ::-1, ::-1], (h - kh + kh // 2, w - kw + kw // 2), (kh, kw), interpret=interpret,
                out_dtype=_F32)
-  return dx, dk.sum(0)[::-1, ::-1].astype(k.dtype)
+  return cc.reduce_to(dx, x), cc.reduce_to(dk.sum(0)[::-1, ::-1].astype(k.dtype), k)
 
 
 _long_conv2d.defvjp(_long_conv2d_fwd, _long_conv2d_bwd)
