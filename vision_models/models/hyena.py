@@ -210,7 +210,8 @@ def _short_conv2d(z: jax.Array, kernel: jax.Array, split: Callable) -> jax.Array
   k, (gh, gw) = kernel.shape[0], g.shape[1:3]
   lo = k // 2
   gp = jnp.pad(g, ((0, 0), (k - 1 - lo, lo), (k - 1 - lo, lo), (0, 0), (0, 0)))
-  out = sum(kernel[p, q] * gp[:, k - 1 - p:k - 1 - p + gh, k - 1 - q:k - 1 - q + gw] for p in range(k) for q in range(k))
+  out = sum(kernel[p, q] * gp[:, k - 1 - p:k - 1 - p + gh, k - 1 - q:k - 1 - q + gw]
+            for p in range(k) for q in range(k))
   return _join(front, out)
 
 
