@@ -1,8 +1,9 @@
 """Long depthwise convolutions as FFT convolutions whose DFTs are real matrix products, fused in one Pallas kernel.
 
 `long_conv(u [batch, length, channels], k [kernel_length, channels])` is y_t = Σ_s k_s·u_{t−s} (causal) or
-y_t = Σ_s k_s·u_{t−s+K//2} (centred). Both are slices of the linear convolution, so the signal and the kernel are
-zero-padded to an FFT size N ≥ L + K − 1 (no circular wrap-around) and the kernel computes, per (batch, channel),
+y_t = Σ_s k_s·u_{t−s+K//2} (centred). Both are windows of the linear convolution, so the signal and the kernel are
+zero-padded to an FFT size N ≥ max(shift + L, L + K − 1 − shift) (no circular wrap-around reaches the window) and
+the kernel computes, per (batch, channel),
   ifft(fft(u) · fft(k))
 with every DFT written Monarch / Cooley–Tukey style (FlashFFTConv): the padded signal is a [N1, N2, N3] array,
   stage 1  radix-N1 butterfly over the slow index on the vector unit, then twiddles W_N^{m·k1} (only when N1 > 1),
