@@ -1,10 +1,16 @@
-"""Kernels: the attention dispatcher and its XLA reference (Pallas kernels register themselves here)."""
+"""Kernels: the attention dispatcher with its XLA reference and the Pallas kernels (blockwise attention, FFT long
+convolution, large-kernel depthwise convolution), each beside a plain XLA reference."""
 from vision_models.kernels.attention import IMPLS, attention, reference_attention, register_impl, resolve_impl
+from vision_models.kernels.depthwise_conv import depthwise_conv2d, depthwise_conv2d_reference
 from vision_models.kernels.flash_attention import flash_attention
+from vision_models.kernels.long_conv import (long_conv, long_conv2d, long_conv2d_direct, long_conv2d_fft,
+                                             long_conv_direct, long_conv_fft)
 from vision_models.kernels.splash import splash_attention
 
 register_impl('pallas', lambda q, k, v, bias=None, causal=False, sm_scale=None: flash_attention(
     q, k, v, bias=bias, causal=causal, sm_scale=sm_scale))
 register_impl('splash', splash_attention)
 
-__all__ = ['IMPLS', 'attention', 'flash_attention', 'reference_attention', 'register_impl', 'resolve_impl']
+__all__ = ['IMPLS', 'attention', 'depthwise_conv2d', 'depthwise_conv2d_reference', 'flash_attention', 'long_conv',
+           'long_conv2d', 'long_conv2d_direct', 'long_conv2d_fft', 'long_conv_direct', 'long_conv_fft',
+           'reference_attention', 'register_impl', 'resolve_impl', 'splash_attention']

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_models.models import layers
+from vision_models.models import hyena, layers
 from vision_models.models.registry import register
 
 VARIANTS = {  # width, depth, heads, mlp_dim (vit_jax/configs/models.py)
@@ -31,14 +31,19 @@ class Block(nn.Module):
   layer_scale: float | None = None
   attn_impl: str = 'xla'
   dtype: Any = None
+  mixer: str = 'attention'  # or 'hyena' / 'hyena2d' (models/hyena.py; attn_impl picks its convolution kernel)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     scale = (lambda name: layers.LayerScale(self.layer_scale, name=name)) if self.layer_scale else (
         lambda name: (lambda y: y))
     y = layers.layer_norm(dtype=self.dtype, name='norm1')(x)
-    y = layers.Attention(self.num_heads, dropout=self.dropout, impl=self.attn_impl, dtype=self.dtype,
-                         name='attn')(y, train=train)
+    if self.mixer == 'attention':
+      y = layers.Attention(self.num_heads, dropout=self.dropout, impl=self.attn_impl, dtype=self.dtype,
+                           name='attn')(y, train=train)
+    else:
+      y = hyena.make_mixer(self.mixer, impl=self.attn_impl, dropout=self.dropout, dtype=self.dtype, name='mixer')(
+          y, train=train)
     x = x + layers.DropPath(self.drop_path)(scale('ls1')(y), train)
     y = layers.layer_norm(dtype=self.dtype, name='norm2')(x)
     y = layers.Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name='mlp')(y, train)
@@ -52,6 +57,7 @@ class ViT(nn.Module):
   `posemb='learn'` adds a learned embedding (normal std 0.02), `'sincos2d'` a fixed one (not a parameter).
   `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass
   (True, or a `jax.checkpoint_policies` name).
+  `mixer='hyena'` / `'hyena2d'` replaces attention by a Hyena gated long convolution (models/hyena.py).
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -67,6 +73,7 @@ class ViT(nn.Module):
   attn_impl: str = 'xla'
   remat: bool | str = False
   dtype: Any = None
+  mixer: str = 'attention'
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -100,7 +107,7 @@ class ViT(nn.Module):
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
       x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
-                name=f'blocks_{i}')(x, train)
+                mixer=self.mixer, name=f'blocks_{i}')(x, train)
 
     if self.pool == 'token':
       x = layers.layer_norm(dtype=self.dtype, name='norm')(x)[:, 0]
