@@ -76,11 +76,20 @@ def _with_index_seed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op) -> tf.da
 
 
 def train_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 10_000) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`."""
+                  start_step: int = 0, shuffle_buffer: int = 10_000,
+                  repeated_aug: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`.
+
+  `repeated_aug=k` (DeiT's repeated augmentation, `config.data.repeated_aug`) yields each shuffled example k times in
+  a row, each copy with its own augmentation seed; a step still holds `per_host_batch` images.
+  """
+  if repeated_aug < 1:
+    raise ConfigError(f'config.data.repeated_aug={repeated_aug} must be a positive integer (1 turns it off)')
   pp = preprocess.parse(pp_spec)
   ds = _load(name, split, data_dir, shuffle_files=True, seed=seed)
   ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeated_aug > 1:  # Before the index seeding, so the copies differ.
+    ds = ds.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(repeated_aug))
   ds = _with_index_seed(ds, seed, pp)
   ds = ds.skip(start_step * per_host_batch)  # Resume: the data order is a function of the seed alone.
   ds = ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
