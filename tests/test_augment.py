@@ -156,7 +156,7 @@ def test_bad_specs_are_config_errors(spec, match):
 
 
 def test_ops_in_the_wrong_place_are_config_errors():
-  with pytest.raises(ConfigError, match='randaugment works on uint8 images'):
+  with pytest.raises(ConfigError, match='randaugment works on uint8 RGB images'):
     run('value_range(0, 1)|randaugment()')
   with pytest.raises(ConfigError, match='random_erasing works on float images'):
     run('random_erasing()')
@@ -171,3 +171,5 @@ def test_repeated_augmentation_yields_k_differently_augmented_copies(digits_dir)
   assert sum(not np.array_equal(g[0], g[1]) for g in images) >= 6
   with pytest.raises(ConfigError, match='repeated_aug=0'):
     next(data.train_batches('sklearn_digits', 'train', digits_dir, pp, 24, seed=0, repeated_aug=0))
+  with pytest.raises(ConfigError, match="leaves the image encoded: start it with 'decode'"):
+    next(data.train_batches('sklearn_digits', 'train', digits_dir, 'keep("image", "label")', 24, seed=0))

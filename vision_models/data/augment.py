@@ -287,10 +287,11 @@ def randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float 
     return tf.switch_case(index, branches + [lambda: image])
 
   def fn(image, seed):
-    if image.dtype != tf.uint8:
-      raise ConfigError('randaugment works on uint8 images: put it before value_range or normalize')
-    out = tf.cast(image, tf.float32)
+    if image.dtype != tf.uint8 or image.shape[-1] not in (3, None):
+      raise ConfigError('randaugment works on uint8 RGB images: put it after decode and before value_range or '
+                        f'normalize (got {image.dtype.name} {image.shape})')
+    out = tf.ensure_shape(tf.cast(image, tf.float32), [*image.shape[:-1], 3])  # Crops may leave channels unknown.
     for i in range(num_layers):
-      out = tf.ensure_shape(layer(out, tf.random.experimental.stateless_fold_in(seed, i)), image.shape)
+      out = tf.ensure_shape(layer(out, tf.random.experimental.stateless_fold_in(seed, i)), out.shape)
     return tf.cast(out, tf.uint8)
   return _image_op(fn)
