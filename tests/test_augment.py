@@ -173,3 +173,5 @@ def test_repeated_augmentation_yields_k_differently_augmented_copies(digits_dir)
     next(data.train_batches('sklearn_digits', 'train', digits_dir, pp, 24, seed=0, repeated_aug=0))
   with pytest.raises(ConfigError, match="leaves the image encoded: start it with 'decode'"):
     next(data.train_batches('sklearn_digits', 'train', digits_dir, 'keep("image", "label")', 24, seed=0))
+  with pytest.raises(ConfigError, match='randaugment works on uint8 RGB images'):  # Raised while tf.data traces.
+    next(data.train_batches('sklearn_digits', 'train', digits_dir, 'decode(1)|randaugment', 24, seed=0))

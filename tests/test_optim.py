@@ -58,8 +58,8 @@ def test_weight_decay_mask_excludes_norms_biases_embeddings_tokens_and_tables():
   for key in ('blocks_0/attn/query_kernel', 'blocks_0/attn/out_kernel', 'blocks_0/mlp/fc1/kernel', 'head/kernel',
               'patch_embed/kernel'):
     assert flat[key], key
-  for key in ('blocks_0/attn/query_bias', 'blocks_0/attn/out_bias', 'blocks_0/norm1/scale', 'blocks_0/norm1/bias', 'norm/scale', 'pos_embed',
-              'cls_token', 'head/bias'):
+  for key in ('blocks_0/attn/query_bias', 'blocks_0/attn/out_bias', 'blocks_0/norm1/scale', 'blocks_0/norm1/bias',
+              'norm/scale', 'pos_embed', 'cls_token', 'head/bias'):
     assert not flat[key], key
   other = {'stages_0_blocks_0': {'attn': {'relative_position_bias_table': jnp.ones((2, 13, 13))},
                                  'ls': {'gamma': jnp.ones(4)}, 'mlp': {'grn': {'weight': jnp.ones(4)}},

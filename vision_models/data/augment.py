@@ -49,8 +49,8 @@ def _first_fitting_box(seed, height, width, area_range, log_ratio_range, fits_fn
 
 
 def _randint(seed, high):
-  """Uniform integer in [0, high]."""
-  return tf.random.stateless_uniform([], seed, 0, high + 1, dtype=tf.int32)
+  """Uniform integer in [0, high] (0 when high < 0: the caller then discards it)."""
+  return tf.random.stateless_uniform([], seed, 0, tf.maximum(high, 0) + 1, dtype=tf.int32)
 
 
 @preprocess.register('random_resized_crop')
@@ -247,7 +247,8 @@ def _translate(axis, fill):
 
 
 def randaugment_ops(increasing: bool = True, fill: tuple[float, ...] = (124, 116, 104)) -> dict[str, Callable]:
-  """timm's RandAugment op set by name (the `inc1` variants when `increasing`)."""
+  """timm's RandAugment op set by name (the `inc1` variants when `increasing`); TranslateX/Y are timm's relative
+  TranslateXRel/YRel (up to 45% of the side at level 1)."""
   factor = _enhance_factor(increasing)
   return {
       'AutoContrast': _autocontrast, 'Equalize': _equalize, 'Invert': lambda image, level, sign: 255.0 - image,

@@ -73,11 +73,13 @@ def _load(name: str, split: str, data_dir: str | None, shuffle_files: bool, seed
 
 def _with_index_seed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op) -> tf.data.Dataset:
   def fn(index, example):
-    out = pp(example, tf.stack([tf.constant(seed, tf.int64), index]))
-    if 'image' in out and out['image'].dtype == tf.string:
-      raise ConfigError("the preprocessing spec leaves the image encoded: start it with 'decode'")
-    return out
-  return ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return pp(example, tf.stack([tf.constant(seed, tf.int64), index]))
+  # Not autograph-converted: the ops need no conversion, and a ConfigError raised while tracing then reaches the user.
+  ds = ds.enumerate().map(tf.autograph.experimental.do_not_convert(fn), num_parallel_calls=tf.data.AUTOTUNE)
+  image = ds.element_spec.get('image') if isinstance(ds.element_spec, dict) else None
+  if image is not None and image.dtype == tf.string:
+    raise ConfigError("the preprocessing spec leaves the image encoded: start it with 'decode'")
+  return ds
 
 
 def train_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
