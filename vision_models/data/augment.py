@@ -111,14 +111,24 @@ def random_erasing(probability: float = 0.25, mode: str = 'pixel', min_area: flo
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     box_h, box_w, found = _first_fitting_box(s_box, h, w, (min_area, max_area), log_aspect,
                                              lambda bh, bw: (bw < w) & (bh < h))
-    top, left = _randint(s_top, h - box_h), _randint(s_left, w - box_w)
-    rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
-    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-    inside &= found & (tf.random.stateless_uniform([], s_apply) < probability)
-    fill_shape = {'pixel': tf.shape(image), 'rand': [1, 1, tf.shape(image)[2]], 'const': [1, 1, 1]}[mode]
-    fill = tf.random.stateless_normal(fill_shape, s_fill) if mode != 'const' else tf.zeros(fill_shape)
-    return tf.where(inside[..., None], tf.cast(fill, image.dtype), image)
+
+    def erase():  # Noise only for the box, only when erasing: drawing it for the whole image costs more than the rest.
+      top, left = _randint(s_top, h - box_h), _randint(s_left, w - box_w)
+      channels = tf.shape(image)[2]
+      fill_shape = {'pixel': [box_h, box_w, channels], 'rand': [1, 1, channels], 'const': [1, 1, 1]}[mode]
+      fill = tf.random.stateless_normal(fill_shape, s_fill) if mode != 'const' else tf.zeros(fill_shape)
+      fill = tf.broadcast_to(tf.cast(fill, image.dtype), [box_h, box_w, channels])
+      return tf.tensor_scatter_nd_update(image, _box_indices(top, left, box_h, box_w), fill)
+
+    apply = found & (tf.random.stateless_uniform([], s_apply) < probability)
+    return tf.cond(apply, erase, lambda: image)
   return _image_op(fn)
+
+
+def _box_indices(top, left, height, width):
+  """[height, width, 2] (row, column) indices of a box."""
+  rows, cols = tf.meshgrid(tf.range(top, top + height), tf.range(left, left + width), indexing='ij')
+  return tf.stack([rows, cols], -1)
 
 
 # RandAugment ops on float32 images in [0, 255]: `fn(image, level, sign)` with level = magnitude / 10 ≥ 0 and a random
