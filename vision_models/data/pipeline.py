@@ -66,7 +66,9 @@ def _load(name: str, split: str, data_dir: str | None, shuffle_files: bool, seed
   host_split = tfds.split_for_jax_process(split, process_index=jax.process_index(),
                                           process_count=jax.process_count())
   read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=False)
-  return b.as_dataset(split=host_split, shuffle_files=shuffle_files, read_config=read_config)
+  # Images stay encoded until the `decode` op, after the shuffle: a shuffle buffer of encoded JPEGs is ~10× smaller.
+  skip = {k: tfds.decode.SkipDecoding() for k, f in b.info.features.items() if isinstance(f, tfds.features.Image)}
+  return b.as_dataset(split=host_split, shuffle_files=shuffle_files, read_config=read_config, decoders=skip)
 
 
 ON_CORRUPT = ('skip', 'fail')
@@ -80,7 +82,11 @@ def _preprocessed(ds: tf.data.Dataset, seed: int, pp: preprocess.Op, on_corrupt:
 
   def fn(index, example):
     return {**pp(example, tf.stack([tf.constant(seed, tf.int64), index])), '_index': index}
-  ds = ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+  # Not autograph-converted: the ops need no conversion, and a ConfigError raised while tracing then reaches the user.
+  ds = ds.enumerate().map(tf.autograph.experimental.do_not_convert(fn), num_parallel_calls=tf.data.AUTOTUNE)
+  image = ds.element_spec.get('image') if isinstance(ds.element_spec, dict) else None
+  if image is not None and image.dtype == tf.string:
+    raise ConfigError("the preprocessing spec leaves the image encoded: start it with 'decode'")
   return ds.ignore_errors() if on_corrupt == 'skip' else ds
 
 
@@ -98,14 +104,20 @@ def _numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 class TrainBatches:
   """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`.
 
-  `skipped` counts the examples dropped as undecodable so far (see `_preprocessed`).
+  `skipped` counts the examples dropped as undecodable so far (see `_preprocessed`). `repeated_aug=k` (DeiT's
+  repeated augmentation, `config.data.repeated_aug`) yields each shuffled example k times in a row, each copy with its
+  own augmentation seed; a step still holds `per_host_batch` images.
   """
 
   def __init__(self, name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
-               start_step: int = 0, shuffle_buffer: int = 10_000, on_corrupt: str = 'skip'):
+               start_step: int = 0, shuffle_buffer: int = 10_000, on_corrupt: str = 'skip', repeated_aug: int = 1):
+    if repeated_aug < 1:
+      raise ConfigError(f'config.data.repeated_aug={repeated_aug} must be a positive integer (1 turns it off)')
     pp = preprocess.parse(pp_spec)
     ds = _load(name, split, data_dir, shuffle_files=True, seed=seed)
     ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeated_aug > 1:  # Before the index seeding, so the copies differ.
+      ds = ds.flat_map(lambda example: tf.data.Dataset.from_tensors(example).repeat(repeated_aug))
     ds = _preprocessed(ds, seed, pp, on_corrupt)
     ds = ds.skip(start_step * per_host_batch)  # Resume: the data order is a function of the seed alone.
     self._batches = _numpy(ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))

@@ -63,7 +63,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   cfg = config.data
   batches = data.TrainBatches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
                               seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000),
-                              on_corrupt=cfg.get('on_corrupt', 'skip'))
+                              on_corrupt=cfg.get('on_corrupt', 'skip'), repeated_aug=cfg.get('repeated_aug', 1))
   total = config.total_steps
   results: dict[str, Any] = {}
   preemption = guards.Preemption()
