@@ -69,9 +69,13 @@ def test_unwritable_workdir_is_a_clear_error(tiny_config, tmp_path):
     trainer.train(tiny_config, str(blocker / 'sub'))
 
 
-def test_metrics_are_finite_numbers(tiny_config, tmp_path):
+def test_mixup_and_weight_ema_train_and_evaluate(tiny_config, tmp_path):
   tiny_config.total_steps = 5
   tiny_config.eval_every = 5
-  trainer.train(tiny_config, str(tmp_path))
+  tiny_config.mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+  tiny_config.optimizer.ema_decay = 0.9
+  results = trainer.train(tiny_config, str(tmp_path))
+  assert 0 <= results['eval_ema/accuracy'] <= 1 and results['eval_ema/examples'] == 360
+  assert results['eval_ema/loss'] != results['eval/loss']  # The EMA lags the weights.
   for record in metrics_lib.read(str(tmp_path)):
     assert all(np.isfinite(v) for v in record.values() if isinstance(v, float))

@@ -8,6 +8,7 @@ import optax
 from jax.sharding import Mesh
 
 from vision_models import parallel
+from vision_models.training import mixup as mixup_lib
 from vision_models.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -22,13 +23,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Metrics, Any]]]
 
 
-def classification_loss(model: nn.Module, label_smoothing: float = 0.0, rules=parallel.DEFAULT_RULES) -> LossFn:
-  """`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))` for a classifier."""
+def classification_loss(model: nn.Module, label_smoothing: float = 0.0, rules=parallel.DEFAULT_RULES,
+                        mixup: dict | None = None, mixup_groups: int = 1) -> LossFn:
+  """`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))` for a classifier.
+
+  `mixup` (keyword arguments of `mixup.mixup_cutmix`: mixup_alpha, cutmix_alpha, switch_prob, prob) mixes each batch
+  inside the step; `mixup_groups` (the data-parallel size) keeps every mixed pair on one device.
+  """
   def loss_fn(params, model_state, batch, rng):
+    images = batch['image']
+    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], model.num_classes), label_smoothing)
+    if mixup:
+      images, targets = mixup_lib.mixup_cutmix(jax.random.fold_in(rng, 1), images, jax.nn.one_hot(
+          batch['label'], model.num_classes), label_smoothing=label_smoothing, groups=mixup_groups, **mixup)
     with nn.logical_axis_rules(rules):
-      logits, new_model_state = model.apply({'params': params, **model_state}, batch['image'], train=True,
+      logits, new_model_state = model.apply({'params': params, **model_state}, images, train=True,
                                             rngs={'dropout': rng}, mutable=list(model_state))
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     accuracy = (logits.argmax(-1) == batch['label']).mean()
     return loss, ({'train/loss': loss, 'train/accuracy': accuracy}, dict(new_model_state))
   return loss_fn

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from vision_models import data, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import guards, perf, setup as setup_lib, state as state_lib, steps
+from vision_models.training import guards, optim, perf, setup as setup_lib, state as state_lib, steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -38,6 +38,16 @@ def run_eval(s: setup_lib.Setup, params: Any, model_state: Any, eval_step=None) 
           'eval/per_class_accuracy': [round(float(a), 6) for a in per_class]}
 
 
+def evaluate_state(s: setup_lib.Setup, state: state_lib.TrainState, eval_step=None) -> dict[str, Any]:
+  """`eval/...` figures of the weights, and `eval_ema/...` of their EMA when the optimizer keeps one."""
+  results = run_eval(s, state.params, state.model_state, eval_step)
+  ema = optim.ema_params(state.opt_state)
+  if ema is not None:
+    results.update({k.replace('eval/', 'eval_ema/'): v for k, v in
+                    run_eval(s, ema, state.model_state, eval_step).items()})
+  return results
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest good checkpoint; returns the final evaluation.
 
@@ -55,7 +65,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   elif is_main:
     print(f'Resuming from step {start} in {ckpt.directory}')
   writer.truncate_after(start)
-  loss_fn = steps.classification_loss(s.model, config.get('label_smoothing', 0.0), s.rules)
+  mixup = config.get('mixup')
+  loss_fn = steps.classification_loss(s.model, config.get('label_smoothing', 0.0), s.rules,
+                                      dict(mixup) if mixup else None, parallel.data_parallel_size(s.mesh))
   skip_nonfinite = config.get('skip_nonfinite', False)
   train_step = steps.make_train_step(loss_fn, s.tx, s.lr_schedule, s.mesh, s.state_shardings,
                                      config.get('grad_accum_steps', 1), skip_nonfinite)
@@ -98,7 +110,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
       if not skip_nonfinite and (due_eval or due_save):  # Never evaluate or save a non-finite update's state.
         guards.check_finite(step, metrics)
       if due_eval:
-        results = run_eval(s, state.params, state.model_state, eval_step)
+        results = evaluate_state(s, state, eval_step)
         writer.write(step, results)
         if is_main:
           bar.write(f'step {step}: eval accuracy {results["eval/accuracy"]:.4f}, loss {results["eval/loss"]:.4f}')
@@ -128,7 +140,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if step is None:
     raise ConfigError(f'no checkpoint in {ckpt.directory}; train first: python train.py --config=... '
                       f'--workdir={workdir}')
-  results = {'step': step, **run_eval(s, state.params, state.model_state)}
+  results = {'step': step, **evaluate_state(s, state)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(results, f, indent=1)
