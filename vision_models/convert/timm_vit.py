@@ -79,9 +79,10 @@ def architecture(timm_name: str, sd: common.StateDict, num_heads: int | None = N
       num_classes=sd.tensors['head.weight'].shape[0] if 'head.weight' in sd else 0,
       patch_size=int(patch), width=int(width), depth=depth, num_heads=num_heads,
       mlp_dim=sd.tensors['blocks.0.mlp.fc1.weight'].shape[0],
-      pool='token' if 'cls_token' in sd else 'gap', fc_norm='fc_norm.weight' in sd,
-      layer_scale=1e-6 if 'blocks.0.ls1.gamma' in sd else None,
+      pool='token' if 'cls_token' in sd else 'gap', layer_scale=1e-6 if 'blocks.0.ls1.gamma' in sd else None,
       no_embed_class=no_embed_class, distilled='dist_token' in sd)
+  if arch['pool'] == 'gap':  # timm normalises after pooling (`fc_norm`) or every token before it.
+    arch['fc_norm'] = 'fc_norm.weight' in sd
   return arch, side * int(patch)
 
 

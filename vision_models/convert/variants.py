@@ -30,9 +30,12 @@ def overrides(name: str, derived: dict[str, Any]) -> dict[str, Any]:
 
 
 def closest_name(module: nn.Module) -> tuple[str, dict[str, Any]]:
-  """The registered name that rebuilds `module` with the fewest keyword arguments, and those arguments:
-  `models.create(name, **kwargs)` gives a module with the same fields."""
+  """The registered name that rebuilds `module`, and the keyword arguments it needs: `models.create(name, **kwargs)`
+  gives a module with the same fields. The module's own name when it is a registered one (converters name the
+  module after the variant they chose), else the registered name that needs the fewest arguments."""
   want = fields(module)
+  if module.name in models.names() and type(models.create(module.name)) is type(module):
+    return module.name, overrides(module.name, want)
   best = None
   for name in models.names():
     try:
@@ -57,9 +60,10 @@ def square_side(n: int) -> int | None:
 
 def build(name: str, kwargs: dict[str, Any], converted: dict[str, np.ndarray], source: StateDict | None,
           image_size: int, channels: int = 3) -> tuple[nn.Module, dict[str, Any]]:
-  """`models.create(name, **kwargs)` with `converted` checked against its variables (every parameter filled with the
-  right shape) and, when `source` is given, every source tensor used."""
-  module = models.create(name, **kwargs)
+  """`models.create(name, **kwargs)`, named `name` (its registry name, which `closest_name` reports), with `converted`
+  checked against its variables (every parameter filled with the right shape) and, when `source` is given, every
+  source tensor used."""
+  module = models.create(name, **kwargs).clone(name=name)
   where = source.source if source is not None else name
   variables = fill(module, jnp.zeros((1, image_size, image_size, channels)), converted, where)
   if source is not None:
