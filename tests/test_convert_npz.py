@@ -92,7 +92,8 @@ def mixer_arrays(model):
   for i in range(len(model.blocks)):
     tree[f'MixerBlock_{i}'] = {
         'LayerNorm_0': ln(f'blocks.{i}.norm1'), 'LayerNorm_1': ln(f'blocks.{i}.norm2'),
-        'token_mixing': {'Dense_0': dense(f'blocks.{i}.mlp_tokens.fc1'), 'Dense_1': dense(f'blocks.{i}.mlp_tokens.fc2')},
+        'token_mixing': {'Dense_0': dense(f'blocks.{i}.mlp_tokens.fc1'),
+                         'Dense_1': dense(f'blocks.{i}.mlp_tokens.fc2')},
         'channel_mixing': {'Dense_0': dense(f'blocks.{i}.mlp_channels.fc1'),
                            'Dense_1': dense(f'blocks.{i}.mlp_channels.fc2')}}
   return _flatten(tree)

@@ -8,11 +8,12 @@ import pytest
 
 from vision_models import models
 from vision_models.errors import ConfigError
+from vision_models.models import convnext
 from vision_models.training import optim
 
 
-def abstract_params(model, image):
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image, image, 3))))
+def abstract_params(model, image, channels=3):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image, image, channels))))
   return nn.unbox(variables['params'])
 
 
@@ -31,7 +32,7 @@ def randomised(model, images):
   """Random variables with every parameter (zero-initialised heads and GRN included) random, so outputs depend on
   everything. numpy fills the shapes: compiling the initialisers costs more than the tests themselves."""
   rng = np.random.default_rng(0)
-  params = abstract_params(model, images.shape[1])
+  params = abstract_params(model, images.shape[1], images.shape[-1])
   return {'params': jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.1, x.shape), jnp.float32), params)}
 
 
@@ -71,6 +72,12 @@ def test_convnext_kernel_size_and_depthwise_impl():
   assert params['stages_0_blocks_0']['conv_dw']['kernel'].shape == (11, 11, 1, 8)
   with pytest.raises(ConfigError, match='depthwise_impl'):
     abstract_params(small('convnext', depthwise_impl='cuda'), 32)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 8))
+  for k in (3, 4):  # Odd and even kernels: the same 'SAME' padding.
+    xla, shift = convnext.depthwise_conv(8, k, 'xla'), convnext.depthwise_conv(8, k, 'shift')
+    variables = randomised(xla, x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, randomised(shift, x))
+    np.testing.assert_allclose(shift.apply(variables, x), xla.apply(variables, x), atol=1e-5)
 
 
 def test_convnext_layer_scale_and_grn_skip_weight_decay():

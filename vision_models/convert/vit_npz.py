@@ -74,7 +74,8 @@ def _vit(sd: StateDict, image_size: int | None) -> tuple[dict[str, Any], dict[st
   ln2 = 'LayerNorm_' + ('2' if f'{block0}LayerNorm_2/scale' in sd else '1')
   mlp = 'MlpBlock_' + ('3' if f'{block0}MlpBlock_3/Dense_0/kernel' in sd else '0')
   has_cls = 'cls' in sd
-  arch = dict(patch_size=int(patch), width=int(width), depth=_count(sd, r'Transformer/encoderblock_\d+/LayerNorm_0/scale'),
+  arch = dict(patch_size=int(patch), width=int(width),
+              depth=_count(sd, r'Transformer/encoderblock_\d+/LayerNorm_0/scale'),
               num_heads=int(sd.tensors[f'{block0}{mha}/query/kernel'].shape[1]),
               mlp_dim=int(sd.tensors[f'{block0}{mlp}/Dense_0/kernel'].shape[-1]),
               num_classes=int(sd.tensors['head/kernel'].shape[-1]) if 'head/kernel' in sd else 0,
