@@ -93,11 +93,12 @@ def register_timm(prefix: str):
   return add
 
 
-def from_timm(timm_name: str, state_dict: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def from_timm(timm_name: str, state_dict: Mapping[str, Any], **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
   """`(module, variables)` from a timm model name and its state dict (numpy arrays or torch tensors), ready for
-  `module.apply(variables, images_nhwc, train=False)`."""
+  `module.apply(variables, images_nhwc, train=False)`. `kwargs` are model fields the state dict cannot tell (e.g. a
+  custom ViT's `num_heads`), for converters that take them."""
   matches = [(p, fn) for p, fn in _TIMM if timm_name.startswith(p)]
   if not matches:
     raise ConfigError(f'no converter for timm model {timm_name!r}; supported prefixes: '
                       f'{", ".join(sorted(p for p, _ in _TIMM))}')
-  return max(matches, key=lambda m: len(m[0]))[1](timm_name, state_dict)
+  return max(matches, key=lambda m: len(m[0]))[1](timm_name, state_dict, **kwargs)

@@ -52,9 +52,12 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-  """ViT classifier. `pool='token'` uses a class token (timm default), `'gap'` averages the patch tokens.
+  """ViT classifier. `pool='token'` uses a class token (timm default), `'gap'` averages the patch tokens, then
+  normalises (`fc_norm`, timm) or normalises every token first (`fc_norm=False`, vision_transformer / big_vision).
 
   `posemb='learn'` adds a learned embedding (normal std 0.02), `'sincos2d'` a fixed one (not a parameter).
+  `no_embed_class` adds the learned embedding to the patches only, before the class token joins (DeiT III,
+  big_vision). `distilled` adds DeiT's distillation token and `head_dist`; the output averages both heads (timm).
   `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass
   (True, or a `jax.checkpoint_policies` name).
   `mixer='hyena'` / `'hyena2d'` replaces attention by a Hyena gated long convolution (models/hyena.py).
@@ -70,6 +73,9 @@ class ViT(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   layer_scale: float | None = None
+  no_embed_class: bool = False
+  distilled: bool = False
+  fc_norm: bool = True
   attn_impl: str = 'xla'
   remat: bool | str = False
   dtype: Any = None
@@ -86,20 +92,28 @@ class ViT(nn.Module):
     batch, h, w, _ = x.shape
     x = x.reshape(batch, h * w, self.width)
 
-    if self.pool == 'token':
-      cls = self.param('cls_token', layers.with_axes(nn.initializers.zeros, (None, None, 'embed')),
-                       (1, 1, self.width))
-      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], axis=1)
+    if self.distilled and self.pool != 'token':
+      raise ValueError("a distilled ViT needs pool='token'")
+
+    def token(name, init):
+      value = self.param(name, layers.with_axes(init, (None, None, 'embed')), (1, 1, self.width))
+      return jnp.broadcast_to(value, (batch, 1, self.width)).astype(x.dtype)
+
+    tokens = [token('cls_token', nn.initializers.zeros)] if self.pool == 'token' else []
+    if self.distilled:
+      tokens.append(token('dist_token', nn.initializers.normal(0.02)))
     if self.posemb == 'learn':
+      rows = h * w + (0 if self.no_embed_class else len(tokens))
       pos = self.param('pos_embed', layers.with_axes(nn.initializers.normal(0.02), (None, None, 'embed')),
-                       (1, x.shape[1], self.width))
+                       (1, rows, self.width)).astype(x.dtype)
     elif self.posemb == 'sincos2d':
-      pos = layers.sincos_2d(h, w, self.width)[None]
-      if self.pool == 'token':  # The class token gets no position (big_vision, MoCo v3).
-        pos = jnp.concatenate([jnp.zeros((1, 1, self.width)), pos], axis=1)
+      pos = layers.sincos_2d(h, w, self.width)[None].astype(x.dtype)
     else:
       raise ValueError(f"ViT posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
-    x = x + pos.astype(x.dtype)
+    if self.no_embed_class or self.posemb == 'sincos2d':  # Tokens get no position (DeiT III, big_vision, MoCo v3).
+      x = jnp.concatenate([*tokens, x + pos], axis=1)
+    else:
+      x = jnp.concatenate([*tokens, x], axis=1) + pos
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = layers.constrain(x, ('batch', 'length', 'act_embed'))
 
@@ -109,18 +123,31 @@ class ViT(nn.Module):
       x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
                 mixer=self.mixer, name=f'blocks_{i}')(x, train)
 
+    head = lambda name: layers.dense(self.num_classes, ('embed', 'classes'),  # noqa: E731
+                                     kernel_init=nn.initializers.zeros, dtype=self.dtype, name=name)
+    if self.distilled:  # The two heads' average: timm's eval output, and its training output without distillation.
+      x = layers.layer_norm(dtype=self.dtype, name='norm')(x)
+      if not self.num_classes:
+        return (x[:, 0] + x[:, 1]) / 2
+      return ((head('head')(x[:, 0]) + head('head_dist')(x[:, 1])) / 2).astype(jnp.float32)
     if self.pool == 'token':
       x = layers.layer_norm(dtype=self.dtype, name='norm')(x)[:, 0]
-    else:  # timm's avg pool normalises after pooling (`fc_norm`).
+    elif self.fc_norm:  # timm's avg pool normalises after pooling (`fc_norm`).
       x = layers.layer_norm(dtype=self.dtype, name='fc_norm')(x.mean(axis=1))
+    else:
+      x = layers.layer_norm(dtype=self.dtype, name='norm')(x).mean(axis=1)
     if not self.num_classes:
       return x
-    return layers.dense(self.num_classes, ('embed', 'classes'), kernel_init=nn.initializers.zeros,
-                        dtype=self.dtype, name='head')(x).astype(jnp.float32)
+    return head('head')(x).astype(jnp.float32)
 
 
 register('vit', ViT)
 for _size, (_width, _depth, _heads, _mlp) in VARIANTS.items():
+  _arch = dict(width=_width, depth=_depth, num_heads=_heads, mlp_dim=_mlp)
   for _patch in PATCHES:
-    register(f'vit_{_size}{_patch}', ViT, patch_size=_patch, width=_width, depth=_depth, num_heads=_heads,
-             mlp_dim=_mlp)
+    register(f'vit_{_size}{_patch}', ViT, patch_size=_patch, **_arch)
+  if _size in ('ti', 's', 'b'):  # DeiT with a distillation token (facebookresearch/deit).
+    register(f'deit_{_size}16_distilled', ViT, patch_size=16, distilled=True, **_arch)
+  if _size != 'ti':  # DeiT III: layer scale 1e-6, no position embedding on the class token.
+    _patch = 14 if _size == 'h' else 16
+    register(f'deit3_{_size}{_patch}', ViT, patch_size=_patch, layer_scale=1e-6, no_embed_class=True, **_arch)
