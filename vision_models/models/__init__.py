@@ -1,6 +1,7 @@
 """Models by name: `create(name, **kwargs)` returns a flax.linen module, `names()` lists them all."""
 from vision_models.models.registry import create, names, register
 from vision_models.models import vit  # noqa: F401  (registers the ViT family)
+from vision_models.models import dit  # noqa: F401  (registers the DiT family)
 
 __all__ = ['create', 'names', 'register', 'param_count']
 
