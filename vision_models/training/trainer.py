@@ -37,8 +37,22 @@ def run_eval(s: setup_lib.Setup, params: Any, model_state: Any, eval_step=None) 
           'eval/per_class_accuracy': [round(float(a), 6) for a in per_class]}
 
 
+def _task_trainer(config: Any):
+  """None for `config.task` 'classification' (the default, the loop below), else the module with the task's own
+  `train` and `evaluate`."""
+  task = config.get('task', 'classification')
+  if task == 'diffusion':
+    from vision_models.diffusion import trainer as diffusion_trainer
+    return diffusion_trainer
+  if task != 'classification':
+    raise ConfigError(f"unknown config.task {task!r}; choose 'classification' or 'diffusion'")
+  return None
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation."""
+  if other := _task_trainer(config):
+    return other.train(config, workdir)
   s = setup_lib.build(config, workdir)
   is_main = jax.process_index() == 0
   ckpt = _checkpointer(config, workdir)
@@ -91,6 +105,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Restores the latest checkpoint of `workdir`, evaluates it, writes `DIR/eval.json` and returns the figures."""
+  if other := _task_trainer(config):
+    return other.evaluate(config, workdir)
   s = setup_lib.build(config, workdir)
   ckpt = _checkpointer(config, workdir)
   step = ckpt.latest_step()
