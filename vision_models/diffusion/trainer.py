@@ -194,11 +194,12 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
   from vision_models.training import state as state_lib, steps, trainer as cls_trainer
 
   config = load_config(config_path)
-  if Checkpointer(os.path.join(workdir, 'checkpoints')).latest_step() is None:
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  if ckpt.latest_step() is None:
     print(f'No classifier checkpoint in {workdir}: training {config_path} there first')
     cls_trainer.train(config, workdir)
+    ckpt.manager.reload()
   s = setup_lib.build(config, workdir)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
   state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
   ckpt.close()
   pp = preprocess.parse(config.data.pp_eval)
@@ -222,7 +223,7 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest checkpoint's EMA
-  weights; writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`), `DIR/samples.png` and `DIR/eval.json`."""
+  weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`), `DIR/samples.png` and `DIR/eval.json`."""
   s = build(config, workdir)
   ckpt = _checkpointer(config, workdir)
   step = ckpt.latest_step()
@@ -233,7 +234,8 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   ckpt.close()
   cfg = config.sample
   labels = np.arange(cfg.num_samples) % s.dataset.num_classes
-  images = generate(s, state.ema_params, state.model_state, labels, cfg)
+  params = state.ema_params if cfg.get('use_ema', True) else state.params
+  images = generate(s, params, state.model_state, labels, cfg)
   results: dict[str, Any] = {'step': step, 'eval/num_samples': len(images)}
   if cfg.get('classifier_config'):
     results.update(classifier_accuracy(images, labels, cfg.classifier_config, cfg.classifier_workdir))
