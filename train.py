@@ -16,9 +16,11 @@ def main(argv):
   from vision_models.training import trainer
   config = cli.config_or_exit(CONFIG)
   results = trainer.train(config, WORKDIR.value)
-  if results:
+  if 'eval/accuracy' in results:
     print(f'Final eval: accuracy {results["eval/accuracy"]:.4f}, top-5 {results["eval/top5_accuracy"]:.4f}, '
           f'loss {results["eval/loss"]:.4f}')
+  elif 'train/loss' in results:  # Diffusion: no eval during training; eval.py samples.
+    print(f'Final train loss {results["train/loss"]:.4f}')
 
 
 if __name__ == '__main__':

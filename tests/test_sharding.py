@@ -14,6 +14,7 @@ INPUT = (16, 16, 3)
 # parameters agree to a fraction of one update (lr = 1e-3) rather than to float precision; losses agree to 1e-5.
 PARAM_TOL = dict(rtol=2e-4, atol=5e-5)
 FAMILIES = {
+    'convnext': dict(name='convnext', depths=(1, 1), dims=(16, 32), drop_path=0.1),
     'vit': dict(name='vit', patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=64, drop_path=0.1),
 }
 

@@ -2,6 +2,7 @@
 from vision_models.models.registry import create, names, register
 from vision_models.models import vit  # noqa: F401  (registers the ViT family)
 from vision_models.models import convnext  # noqa: F401  (registers ConvNeXt V1 and V2)
+from vision_models.models import dit  # noqa: F401  (registers the DiT family)
 from vision_models.models import maxvit  # noqa: F401  (registers the MaxViT family)
 from vision_models.models import mixer  # noqa: F401  (registers MLP-Mixer)
 

@@ -92,6 +92,7 @@ class Attention(nn.Module):
   dropout: float = 0.0
   impl: str = 'xla'
   dtype: Dtype | None = None
+  qkv_init: Init | None = None  # Default: xavier_uniform of each [embed, embed] matrix (vision_transformer).
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -111,7 +112,8 @@ class Attention(nn.Module):
       return y
 
     # xavier_uniform of the [embed, embed] matrices the split kernels come from (the vision_transformer init).
-    qkv_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))
+    qkv_init = self.qkv_init or nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0,
+                                                                 out_axis=(1, 2))
     q, k, v = proj('query'), proj('key'), proj('value')
     out = kernels.attention(q, k, v, bias=bias, impl=self.impl)
     out = constrain(out, ('batch', 'length', 'act_heads', None))

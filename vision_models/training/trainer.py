@@ -48,12 +48,26 @@ def evaluate_state(s: setup_lib.Setup, state: state_lib.TrainState, eval_step=No
   return results
 
 
+def _task_trainer(config: Any):
+  """None for `config.task` 'classification' (the default, the loop below), else the module with the task's own
+  `train` and `evaluate`."""
+  task = config.get('task', 'classification')
+  if task == 'diffusion':
+    from vision_models.diffusion import trainer as diffusion_trainer
+    return diffusion_trainer
+  if task != 'classification':
+    raise ConfigError(f"unknown config.task {task!r}; choose 'classification' or 'diffusion'")
+  return None
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest good checkpoint; returns the final evaluation.
 
   SIGTERM finishes the current step, writes a checkpoint, waits for it and returns. A non-finite loss or gradient
   raises TrainingError (the last good checkpoint stays) unless `config.skip_nonfinite` drops such updates.
   """
+  if other := _task_trainer(config):
+    return other.train(config, workdir)
   s = setup_lib.build(config, workdir)
   is_main = jax.process_index() == 0
   ckpt = _checkpointer(config, workdir)
@@ -134,6 +148,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Restores the latest checkpoint of `workdir`, evaluates it, writes `DIR/eval.json` and returns the figures."""
+  if other := _task_trainer(config):
+    return other.evaluate(config, workdir)
   s = setup_lib.build(config, workdir)
   ckpt = _checkpointer(config, workdir)
   step, state = ckpt.restore_latest_good(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))

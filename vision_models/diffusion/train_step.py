@@ -1,0 +1,112 @@
+"""The diffusion train state (parameters, optimizer state, fixed variables, EMA weights) created directly sharded,
+and the jitted train step: uniform t, q_sample, the hybrid loss, an optimizer update and the EMA update."""
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from vision_models import parallel
+from vision_models.diffusion.gaussian import GaussianDiffusion, uniform_timesteps
+
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class DiffusionState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # Variables other than params: DiT's `constants/pos_embed`.
+  ema_params: Any  # Exponential moving average of params, the weights used for sampling.
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+  """ema ← decay · ema + (1 − decay) · params (DiT's `update_ema`)."""
+  return optax.incremental_update(params, ema, 1.0 - decay)
+
+
+def _init_variables(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Array) -> Any:
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  return model.init({'params': rng, 'dropout': rng}, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), train=False)
+
+
+def _init_state(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+                rng: jax.Array) -> DiffusionState:
+  variables = dict(nn.unbox(_init_variables(model, input_shape, rng)))
+  params = variables.pop('params')
+  # The EMA starts at the initial weights, as DiT's train.py.
+  return DiffusionState(jnp.zeros((), jnp.int32), params, tx.init(params), variables, params)
+
+
+def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], mesh: Mesh,
+              rules=parallel.DEFAULT_RULES) -> DiffusionState:
+  """NamedShardings of every state leaf from the logical axes; optimizer moments and EMA follow their parameter."""
+  boxed = jax.eval_shape(functools.partial(_init_variables, model, input_shape), jax.random.key(0))
+  var_shardings = dict(parallel.shardings(boxed, mesh, rules))
+  params_sharding = var_shardings.pop('params')
+  abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed)['params'])
+  replicated = parallel.replicated(mesh)
+  opt_shardings = optax.tree_utils.tree_map_params(
+      tx, lambda _, sharding: sharding, abstract_opt, params_sharding,
+      transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return DiffusionState(replicated, params_sharding, opt_shardings, var_shardings, params_sharding)
+
+
+def create(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], rng: jax.Array,
+           state_shardings: DiffusionState) -> DiffusionState:
+  """Initialises the state inside a jit whose outputs are already laid out over the mesh."""
+  return jax.jit(functools.partial(_init_state, model, tx, input_shape), out_shardings=state_shardings)(rng)
+
+
+def abstract(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+             state_shardings: DiffusionState) -> DiffusionState:
+  """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
+  shapes = jax.eval_shape(functools.partial(_init_state, model, tx, input_shape), jax.random.key(0))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+                    diffusion: GaussianDiffusion, mesh: Mesh, state_shardings: DiffusionState,
+                    ema_decay: float = 0.9999, rules=parallel.DEFAULT_RULES
+                    ) -> Callable[[DiffusionState, dict, jax.Array], tuple[DiffusionState, Metrics]]:
+  """`step(state, batch, rng) -> (state, metrics)` as one jit with explicit shardings; `batch` holds `image`
+  (x_0, NHWC in [-1, 1] or latents) and `label`. Timesteps, noise and label dropout come from
+  `fold_in(rng, state.step)`, so a resumed run draws what an uninterrupted one would."""
+  def step(state: DiffusionState, batch: dict, rng: jax.Array):
+    t_rng, noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step), 3)
+    x_start, labels = batch['image'], batch['label']
+    t = uniform_timesteps(t_rng, x_start.shape[0], diffusion.num_timesteps)
+    noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
+
+    def loss_fn(params):
+      def model_fn(x, t_model):
+        with nn.logical_axis_rules(rules):
+          return model.apply({'params': params, **state.model_state}, x, t_model, labels, train=True,
+                             rngs={'dropout': dropout_rng})
+      terms = diffusion.training_losses(model_fn, x_start, t, noise)
+      return terms['loss'].mean(), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'train/loss': loss,
+        'train/mse': terms['mse'].mean(),
+        'train/learning_rate': lr_schedule(state.step),
+        'train/grad_norm': optax.global_norm(grads),
+        'train/param_norm': optax.global_norm(params),
+    }
+    if 'vb' in terms:
+      metrics['train/vb'] = terms['vb'].mean()
+    ema = ema_update(state.ema_params, params, ema_decay)
+    return DiffusionState(state.step + 1, params, opt_state, state.model_state, ema), metrics
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  return parallel.under_mesh(jax.jit(step, in_shardings=(state_shardings, batch_sharding, replicated),
+                                     out_shardings=(state_shardings, replicated), donate_argnums=(0,)), mesh)

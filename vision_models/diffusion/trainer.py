@@ -1,0 +1,247 @@
+"""The diffusion trainer (`config.task = 'diffusion'`): setup → state (fresh or restored) → loop of train steps with
+logging and checkpoints; `evaluate` samples a workdir's EMA model (batch-sharded), writes `DIR/samples.npz`, a PNG
+grid and `DIR/eval.json`, and optionally scores the samples with a classifier trained by the classification trainer.
+
+It reuses the classification pieces (config checks, optimizer, checkpoints, metrics) and differs in the model call
+`(x, t, y)`, the loss and the EMA weights in the state.
+"""
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from vision_models import data, kernels, models, parallel
+from vision_models.diffusion import respace, samplers, train_step
+from vision_models.diffusion.gaussian import GaussianDiffusion
+from vision_models.errors import ConfigError
+from vision_models.training import optim, setup as setup_lib
+from vision_models.training.checkpoint import Checkpointer
+from vision_models.training.metrics import MetricWriter
+
+
+@dataclasses.dataclass
+class Setup:
+  config: Any
+  model: nn.Module
+  mesh: Mesh
+  dataset: data.DatasetInfo
+  input_shape: tuple[int, int, int]
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  state_shardings: train_step.DiffusionState
+  rules: tuple
+  diffusion: GaussianDiffusion
+
+  @property
+  def per_host_batch(self) -> int:
+    return self.config.batch_size // jax.process_count()
+
+
+def build(config: Any, workdir: str | None = None) -> Setup:
+  """Checks the config against the data, devices and model (ConfigError naming the field) and builds the pieces."""
+  if workdir is not None:
+    setup_lib.check_writable(workdir)
+  dataset = data.info(config.data.name, config.data.get('data_dir'))
+  mesh = parallel.make_mesh(config.mesh)
+  dp = parallel.data_parallel_size(mesh)
+  if config.batch_size % dp or config.batch_size % jax.process_count():
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} '
+                      f'and process count {jax.process_count()}; use a multiple of {dp}')
+  kernels.resolve_impl(config.model.get('attn_impl', 'xla'))
+  size, channels = config.data.image_size, config.data.get('channels', 3)
+  model = models.create(config.model.name, **{'num_classes': dataset.num_classes, 'input_size': size,
+                                              'in_channels': channels, **setup_lib.model_kwargs(config)})
+  if size % model.patch_size:
+    raise ConfigError(f'config.data.image_size={size} is not divisible by the patch size {model.patch_size}')
+  input_shape = (size, size, channels)
+  tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
+  rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
+  try:  # Traces the model abstractly: shape errors surface here, before any compilation.
+    shardings = train_step.shardings(model, tx, input_shape, mesh, rules)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'model {config.model.name!r} cannot take input {input_shape}: {e}') from None
+  diffusion = respace.create(None, config.diffusion.get('num_timesteps', 1000), learn_sigma=model.learn_sigma)
+  return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules, diffusion)
+
+
+def _checkpointer(config: Any, workdir: str) -> Checkpointer:
+  return Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.get('keep_checkpoints', 3))
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last logged metrics."""
+  s = build(config, workdir)
+  is_main = jax.process_index() == 0
+  ckpt = _checkpointer(config, workdir)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  start = ckpt.latest_step()
+  if start is None:
+    state, start = train_step.create(s.model, s.tx, s.input_shape, init_rng, s.state_shardings), 0
+  else:
+    state = ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
+    if is_main:
+      print(f'Resuming from step {start} in {ckpt.directory}')
+  step_fn = train_step.make_train_step(s.model, s.tx, s.lr_schedule, s.diffusion, s.mesh, s.state_shardings,
+                                       config.get('ema_decay', 0.9999), s.rules)
+  writer = MetricWriter(workdir)
+  cfg = config.data
+  batches = data.TrainBatches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
+                               seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000))
+  total = config.total_steps
+  metrics: dict[str, Any] = {}
+  bar = tqdm(total=total, initial=start, disable=not is_main, desc='train', dynamic_ncols=True)
+  last_time, last_step = time.perf_counter(), start
+  for step in range(start + 1, total + 1):
+    state, metrics = step_fn(state, parallel.to_global(next(batches), s.mesh), step_rng)
+    bar.update(1)
+    if step % config.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      now = time.perf_counter()
+      step_seconds = (now - last_time) / (step - last_step)
+      last_time, last_step = now, step
+      metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds})
+      writer.write(step, metrics)
+      bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', mse=f'{metrics["train/mse"]:.4f}')
+    if step % config.checkpoint_every == 0 or step == total:
+      ckpt.save(step, state)
+  bar.close()
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  if is_main:
+    print(f'Checkpoints: {ckpt.directory}\nMetrics: {writer.path}\nTensorBoard: tensorboard --logdir {writer.tb_dir}')
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def make_sampler(s: Setup, cfg: Any):
+  """`sample(params, model_state, labels, rng) -> x_0` as one jit: the whole chain (respaced per
+  `cfg.respacing`, `cfg.method` 'ddpm' | 'ddim') with guidance `cfg.cfg_scale` (> 1 guides, as the official
+  `sample_ddp.py`) on `cfg.guidance_channels` (None: all), labels and samples split over the data-parallel devices."""
+  diffusion = respace.create(cfg.get('respacing', '250'), s.diffusion.num_timesteps, learn_sigma=s.model.learn_sigma)
+  scale = cfg.get('cfg_scale', 1.0)
+
+  def run(params, model_state, labels, rng):
+    def model_fn(x, t, y):
+      with nn.logical_axis_rules(s.rules):
+        return s.model.apply({'params': params, **model_state}, x, t, y, train=False)
+    fn = samplers.guided(model_fn, scale, s.model.num_classes, cfg.get('guidance_channels')) if scale > 1 else model_fn
+    noise_rng, chain_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, (labels.shape[0], *s.input_shape))
+    return samplers.sample(fn, diffusion, noise, labels, chain_rng, cfg.get('method', 'ddpm'), cfg.get('eta', 0.0),
+                           cfg.get('clip_denoised', False))
+
+  batch = parallel.batch_sharding(s.mesh)
+  shardings = (s.state_shardings.params, s.state_shardings.model_state, batch, parallel.replicated(s.mesh))
+  return parallel.under_mesh(jax.jit(run, in_shardings=shardings, out_shardings=batch), s.mesh)
+
+
+def generate(s: Setup, params: Any, model_state: Any, labels: np.ndarray, cfg: Any) -> np.ndarray:
+  """uint8 NHWC samples for every label (in batches of `cfg.batch_size`, padded to a full last batch)."""
+  sample = make_sampler(s, cfg)
+  batch_size = cfg.get('batch_size', s.config.batch_size)
+  dp = parallel.data_parallel_size(s.mesh)
+  if batch_size % (dp * jax.process_count()):
+    raise ConfigError(f'config.sample.batch_size={batch_size} must be a multiple of the {dp} data-parallel devices')
+  padded = np.resize(labels, -(-len(labels) // batch_size) * batch_size).astype(np.int32)
+  per_host = batch_size // jax.process_count()
+  out = []
+  for i in tqdm(range(len(padded) // batch_size), desc='sample', disable=jax.process_index() != 0):
+    local = padded[i * batch_size:][:batch_size][jax.process_index() * per_host:][:per_host]
+    y = parallel.to_global({'label': local}, s.mesh)['label']
+    x = sample(params, model_state, y, jax.random.fold_in(jax.random.key(cfg.get('seed', 0)), i))
+    out.append(samplers.to_uint8(multihost_utils.process_allgather(x, tiled=True)))
+  return np.concatenate(out)[:len(labels)]
+
+
+def save_grid(path: str, images: np.ndarray, labels: np.ndarray, columns: int = 10, upscale: int = 1) -> None:
+  """A PNG with one row per class (its first `columns` samples), nearest-neighbour upscaled."""
+  from PIL import Image
+  rows = [images[labels == c][:columns] for c in np.unique(labels)]
+  h, w, ch = images.shape[1:]
+  grid = np.zeros((len(rows) * (h + 1), columns * (w + 1), ch), np.uint8)
+  for r, row in enumerate(rows):
+    for c, image in enumerate(row):
+      grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image
+  grid = grid.repeat(upscale, 0).repeat(upscale, 1)
+  Image.fromarray(grid[..., 0] if ch == 1 else grid).save(path)
+
+
+def load_config(path: str) -> Any:
+  """`get_config()` of a config file (a path like configs/quickstart.py)."""
+  if not os.path.exists(path):
+    raise ConfigError(f'config file {path!r} not found (config.sample.classifier_config)')
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str, workdir: str) -> dict[str, Any]:
+  """Top-1 accuracy of the classifier in `workdir` (trained from `config_path` first if it has no checkpoint) on
+  uint8 images, preprocessed by the classifier's own `pp_eval`."""
+  import tensorflow as tf
+  from vision_models.data import preprocess
+  from vision_models.training import state as state_lib, steps, trainer as cls_trainer
+
+  config = load_config(config_path)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  if ckpt.latest_step() is None:
+    print(f'No classifier checkpoint in {workdir}: training {config_path} there first')
+    cls_trainer.train(config, workdir)
+    ckpt.manager.reload()
+  s = setup_lib.build(config, workdir)
+  state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
+  ckpt.close()
+  pp = preprocess.parse(config.data.pp_eval)
+  ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels.astype(np.int64)}).enumerate()
+  ds = ds.map(lambda i, ex: pp(ex, tf.stack([tf.constant(0, tf.int64), i]))).batch(len(images))
+  processed = next(ds.as_numpy_iterator())
+  eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
+  batch, hits, per_class = s.config.batch_size, 0.0, np.zeros((2, s.dataset.num_classes))
+  for i in range(0, len(images), batch):  # Single-host: the samples were gathered on every host.
+    x, y = processed['image'][i:i + batch], processed['label'][i:i + batch].astype(np.int32)
+    n, pad = len(y), batch - len(y)
+    sums = jax.device_get(eval_step(state.params, state.model_state, {
+        'image': np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+        'label': np.concatenate([y, np.zeros(pad, np.int32)]),
+        'mask': np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}))
+    hits += float(sums['top1'])
+    per_class += np.stack([sums['class_hits'], sums['class_count']])
+  return {'eval/classifier_accuracy': hits / len(images),
+          'eval/classifier_per_class_accuracy': [round(float(a), 4) for a in per_class[0] / np.maximum(per_class[1], 1)]}
+
+
+def evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest checkpoint's EMA
+  weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`), `DIR/samples.png` and `DIR/eval.json`."""
+  s = build(config, workdir)
+  ckpt = _checkpointer(config, workdir)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ConfigError(f'no checkpoint in {ckpt.directory}; train first: python train.py --config=... '
+                      f'--workdir={workdir}')
+  state = ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings), step)
+  ckpt.close()
+  cfg = config.sample
+  labels = np.arange(cfg.num_samples) % s.dataset.num_classes
+  params = state.ema_params if cfg.get('use_ema', True) else state.params
+  images = generate(s, params, state.model_state, labels, cfg)
+  results: dict[str, Any] = {'step': step, 'eval/num_samples': len(images)}
+  if cfg.get('classifier_config'):
+    results.update(classifier_accuracy(images, labels, cfg.classifier_config, cfg.classifier_workdir))
+  if jax.process_index() == 0:
+    np.savez(os.path.join(workdir, 'samples.npz'), images=images, labels=labels)
+    save_grid(os.path.join(workdir, 'samples.png'), images, labels, upscale=max(1, 64 // images.shape[1]))
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(results, f, indent=1)
+  return results
