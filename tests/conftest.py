@@ -2,6 +2,12 @@
 session below (conftest sets it before JAX is imported)."""
 import os
 
+try:  # torch (and triton, which diffusers pulls in) must load before TensorFlow: the other order can segfault.
+  import torch  # noqa: F401
+  import triton  # noqa: F401
+except ImportError:
+  pass
+
 # 8 CPU devices for every test process: sharding tests need them, single-device code is unaffected.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
