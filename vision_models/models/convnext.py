@@ -34,43 +34,20 @@ V2 = {  # atto … nano are timm's sizes; tiny … huge facebookresearch/ConvNeX
     'l': ((3, 3, 27, 3), (192, 384, 768, 1536)),
     'h': ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
-DEPTHWISE_IMPLS = ('xla', 'shift')
 
 conv_init = layers.trunc_normal(0.02)
 
 
-class ShiftedDepthwiseConv(nn.Module):
-  """A depthwise conv ('same' padding) as the sum of k² shifted, per-channel-scaled copies of the input: elementwise
-  ops only, which XLA fuses. On the CPU it is many times faster than a grouped conv (whose backward pass XLA:CPU runs
-  slowly); same parameters as `nn.Conv`."""
-  kernel_size: int = 7
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, channels = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', layers.with_axes(conv_init, (None, None, None, 'embed')), (k, k, 1, channels))
-    bias = self.param('bias', layers.with_axes(nn.initializers.zeros, ('embed',)), (channels,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    height, width = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))  # XLA's 'SAME'
-    out = sum(padded[:, i:i + height, j:j + width] * kernel[i, j, 0] for i in range(k) for j in range(k))
-    return out + bias
-
-
 def depthwise_conv(channels: int, kernel_size: int, impl: str = 'xla', dtype: Any = None,
                    name: str | None = None) -> nn.Module:
-  """The block's depthwise conv ('same' padding, bias), kernel `[k, k, 1, channels]`: the one place where an
-  implementation is chosen (`xla`: a grouped `nn.Conv`, cuDNN's on GPUs; `shift`: `ShiftedDepthwiseConv`). A Pallas
-  kernel plugs in here with the same parameters."""
-  if impl == 'xla':
-    return nn.Conv(channels, (kernel_size, kernel_size), padding='SAME', feature_group_count=channels, dtype=dtype,
-                   kernel_init=layers.with_axes(conv_init, (None, None, None, 'embed')),
-                   bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)), name=name)
-  if impl == 'shift':
-    return ShiftedDepthwiseConv(kernel_size, dtype, name=name)
-  raise ConfigError(f'unknown depthwise_impl {impl!r} (config.model.depthwise_impl); choose one of '
-                    f'{", ".join(DEPTHWISE_IMPLS)}')
+  """The block's depthwise conv ('same' padding, bias), kernel `[k, k, 1, channels]` as `nn.Conv` has it: `xla` (a
+  grouped conv, cuDNN's on GPUs), `shift` (elementwise shifted products, many times faster on the CPU), `pallas`
+  (the large-kernel Pallas kernel) or `auto` (see `layers.depthwise_conv`)."""
+  if impl not in layers.DEPTHWISE_IMPLS:
+    raise ConfigError(f'unknown depthwise_impl {impl!r} (config.model.depthwise_impl); choose one of '
+                      f'{", ".join(layers.DEPTHWISE_IMPLS)}')
+  return layers.DepthwiseConv((kernel_size, kernel_size), kernel_init=conv_init, impl=impl, axis_name='embed',
+                              dtype=dtype, name=name)
 
 
 class GRN(nn.Module):

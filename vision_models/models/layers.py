@@ -123,17 +123,29 @@ class Attention(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
+DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'pallas')
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (1, 1),
-                   padding: str | Sequence[tuple[int, int]] = 'SAME') -> jax.Array:
+                   padding: str | Sequence[tuple[int, int]] = 'SAME', impl: str = 'auto') -> jax.Array:
   """Depthwise 2-D convolution of NHWC `x` with a `(kh, kw, 1, C)` kernel; `padding` as in `lax.conv`.
 
-  XLA:CPU runs grouped convolutions (and their gradients) about 10× slower than the sum of kh·kw shifted, strided
-  products, so on the CPU it is computed that way; other backends use their native depthwise convolution.
+  `impl`: `xla` is XLA's grouped convolution; `shift` the sum of kh·kw shifted, strided products (XLA:CPU runs
+  grouped convolutions and their gradients about 10× slower than this); `pallas` the Pallas kernel
+  (`kernels.depthwise_conv2d`, stride 1 and 'SAME' only: large kernels); `auto` is `shift` on the CPU, else `xla`.
   """
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'unknown depthwise impl {impl!r}; choose one of {", ".join(DEPTHWISE_IMPLS)}')
+  if impl == 'auto':
+    impl = 'shift' if jax.default_backend() == 'cpu' else 'xla'
+  if impl == 'pallas':
+    if tuple(strides) != (1, 1) or padding != 'SAME':
+      raise ValueError("the Pallas depthwise kernel takes stride 1 and 'SAME' padding only")
+    return kernels.depthwise_conv2d(x, kernel[:, :, 0, :])
   kh, kw = kernel.shape[:2]
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
-  if jax.default_backend() != 'cpu':
+  if impl == 'xla':
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                         feature_group_count=x.shape[-1])
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
@@ -152,17 +164,19 @@ class DepthwiseConv(nn.Module):
   use_bias: bool = True
   kernel_init: Init = nn.initializers.lecun_normal()
   bias_init: Init = nn.initializers.zeros
+  impl: str = 'auto'
+  axis_name: str = 'conv_out'
   dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
-    kernel = self.param('kernel', with_axes(self.kernel_init, (None, None, None, 'conv_out')),
+    kernel = self.param('kernel', with_axes(self.kernel_init, (None, None, None, self.axis_name)),
                         (*self.kernel_size, 1, channels))
     dtype = self.dtype or x.dtype
-    y = depthwise_conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
+    y = depthwise_conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding, self.impl)
     if self.use_bias:
-      y = y + self.param('bias', with_axes(self.bias_init, ('conv_out',)), (channels,)).astype(dtype)
+      y = y + self.param('bias', with_axes(self.bias_init, (self.axis_name,)), (channels,)).astype(dtype)
     return y
 
 
