@@ -109,18 +109,22 @@ def attention_weights(module: Any, variables: dict, images: jax.Array, block: in
   recomputed from the block's `attn` kernels, so any attention implementation (flash included) can be inspected.
   """
   name = _block_names(variables['params'])[block]
-  _, state = module.apply(variables, images, train=False, mutable=['intermediates'],
-                          capture_intermediates=lambda m, _: m.name == 'norm1')
-  x = state['intermediates'][name]['norm1']['__call__'][0].astype(jnp.float32)
-  attn = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), variables['params'][name]['attn'])
 
-  def proj(which):
-    y = jnp.einsum('btd,dhk->bthk', x, attn[f'{which}_kernel'])
-    return y + attn[f'{which}_bias'] if f'{which}_bias' in attn else y
+  @jax.jit
+  def weights(variables, images):
+    _, state = module.apply(variables, images, train=False, mutable=['intermediates'],
+                            capture_intermediates=lambda m, _: m.name == 'norm1')
+    x = state['intermediates'][name]['norm1']['__call__'][0].astype(jnp.float32)
+    attn = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), variables['params'][name]['attn'])
 
-  q, k = proj('query'), proj('key')
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * q.shape[-1] ** -0.5
-  return jax.nn.softmax(logits, axis=-1)
+    def proj(which):
+      y = jnp.einsum('btd,dhk->bthk', x, attn[f'{which}_kernel'])
+      return y + attn[f'{which}_bias'] if f'{which}_bias' in attn else y
+
+    q, k = proj('query'), proj('key')
+    return jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', q, k) * q.shape[-1] ** -0.5, axis=-1)
+
+  return weights(variables, images)
 
 
 def vit_attention_maps(module: Any, variables: dict, images: np.ndarray, out_png: str, block: int = -1) -> np.ndarray:
