@@ -1,6 +1,7 @@
 """Export round trip: train the tiny quickstart, export it (float32 and bfloat16), load it back with
 `vision_models.load_exported`, compare logits with the trained parameters, classify PNG files with `predict`; the
 converted-model layout (no config.json); bad input → ConfigError / exit code 2."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -165,3 +166,29 @@ def test_bad_input(tmp_path, tiny_config):
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().startswith('error: no checkpoint') and 'Traceback' not in result.stderr
+
+
+def test_diffusion_export_uses_the_ema(digits_dir, tmp_path):
+  """A DiT run (`config.task = 'diffusion'`) exports its EMA weights; the loaded module denoises as the trained one."""
+  if importlib.util.find_spec('vision_models.models.dit') is None:
+    pytest.skip('the DiT model is not in this checkout yet')
+  from configs import dit_digits
+  from vision_models.diffusion import train_step, trainer as diffusion_trainer
+  from vision_models.training.checkpoint import Checkpointer
+  config = dit_digits.get_config()
+  config.data.data_dir = digits_dir
+  config.model.update(hidden_size=32, depth=1, num_heads=2)
+  config.batch_size, config.total_steps, config.log_every, config.checkpoint_every = 16, 2, 1, 2
+  workdir = str(tmp_path / 'run')
+  diffusion_trainer.train(config, workdir)
+  spec = export.export(config, workdir, str(tmp_path / 'out'))
+  assert spec['ema'] is True and spec['kwargs']['input_size'] == 8 and spec['kwargs']['in_channels'] == 1
+  module, variables, _ = vision_models.load_exported(str(tmp_path / 'out'))
+  s = diffusion_trainer.build(config)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  state = jax.device_get(ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings)))
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, variables, {'params': state.ema_params, **state.model_state})
+  x, t, y = np.ones((2, 8, 8, 1), np.float32), np.array([3.0, 500.0], np.float32), np.array([1, 7])
+  np.testing.assert_array_equal(module.apply(variables, x, t, y), s.model.apply(
+      {'params': state.ema_params, **state.model_state}, x, t, y))

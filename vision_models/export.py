@@ -68,17 +68,20 @@ def _check_out(out: str) -> str:
 
 
 def export(config: Any, workdir: str, out: str, dtype: str = 'float32') -> dict[str, Any]:
-  """Writes OUT/variables, OUT/model.json and OUT/config.json from `workdir`'s latest good checkpoint; returns what
-  model.json holds."""
+  """Writes OUT/variables, OUT/model.json and OUT/config.json from `workdir`'s latest good checkpoint (a classifier,
+  or a DiT when `config.task == 'diffusion'`); returns what model.json holds."""
   if dtype not in DTYPES:
     raise ConfigError(f'--dtype={dtype!r}; choose one of {", ".join(DTYPES)}')
   checkpoints = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
     raise ConfigError(f'no checkpoint in {checkpoints}; train first: python train.py --config=... --workdir={workdir}')
   out = _check_out(out)
-  from vision_models.training import setup as setup_lib, state as state_lib  # TensorFlow (data) comes in here.
-  from vision_models.training.checkpoint import Checkpointer
-  s = setup_lib.build(config)
+  from vision_models.training.checkpoint import Checkpointer  # TensorFlow (data) comes in with the builders.
+  if config.get('task', 'classification') == 'diffusion':
+    from vision_models.diffusion import train_step as state_lib, trainer as builder
+  else:
+    from vision_models.training import setup as builder, state as state_lib
+  s = builder.build(config)
   ckpt = Checkpointer(checkpoints, max_to_keep=config.get('keep_checkpoints', 3))
   try:
     step, state = ckpt.restore_latest_good(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
@@ -93,7 +96,9 @@ def export(config: Any, workdir: str, out: str, dtype: str = 'float32') -> dict[
   checkpointer.save(os.path.join(out, 'variables'), variables)
   checkpointer.wait_until_finished()
   from vision_models import models
-  kwargs = {'num_classes': s.dataset.num_classes, **{k: v for k, v in config.model.items() if k != 'name'}}
+  # The module's own values of the fields the config sets and of those the builder derives from the data.
+  fields = ['num_classes', 'input_size', 'in_channels', *(k for k in config.model if k != 'name')]
+  kwargs = {k: getattr(s.model, k) for k in fields if hasattr(s.model, k)}
   spec = {'name': config.model.name, 'kwargs': _jsonable(kwargs), 'image_size': config.data.image_size,
           'channels': config.data.get('channels', 3), 'dtype': dtype, 'step': int(step), 'ema': ema is not None,
           'workdir': os.path.abspath(workdir), 'param_count': models.param_count(variables['params'])}
