@@ -31,7 +31,8 @@ def test_train_step_updates_params_and_ema():
   batch = {'image': rng.uniform(-1, 1, (16, *SHAPE)).astype(np.float32), 'label': np.arange(16, dtype=np.int32) % 10}
   step = train_step.make_train_step(model, tx, lambda s: 1e-2, respace.create(), mesh, shardings, ema_decay=0.9)
   state = train_step.create(model, tx, SHAPE, jax.random.key(0), shardings)
-  params0 = jax.device_get(state.params)
+  initial = jax.device_get(state)  # The step donates its input state: keep a host copy.
+  params0 = initial.params
   state, metrics = step(state, batch, jax.random.key(1))
   params1 = jax.device_get(state.params)
   assert int(state.step) == 1 and np.isfinite(metrics['train/loss'])
@@ -43,8 +44,7 @@ def test_train_step_updates_params_and_ema():
                want)
   assert not np.allclose(params0['final_linear']['kernel'], params1['final_linear']['kernel'])
   # Timesteps, noise and label dropout are functions of (rng, step): a rerun is identical.
-  again = train_step.create(model, tx, SHAPE, jax.random.key(0), shardings)
-  _, metrics_again = step(again, batch, jax.random.key(1))
+  _, metrics_again = step(jax.device_put(initial, shardings), batch, jax.random.key(1))
   assert float(metrics_again['train/loss']) == float(metrics['train/loss'])
 
 
