@@ -4,31 +4,15 @@
 """MaxViT quickstart on scikit-learn's digits at 16 px: two stages of one MaxViT block each (MBConv, then block and
 grid attention with 2×2 windows: window = image_size // partition_ratio = 16 // 8), BatchNorm state in
 `batch_stats`."""
-import ml_collections
-
-from vision_models import parallel
+from configs import quickstart
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(name='maxvit', image_size=16, partition_ratio=8, stem_width=16, dims=(32, 64), depths=(1, 1),
+  c = quickstart.get_config(arg)  # Same data, pipeline, optimizer and mesh as the ViT quickstart.
+  c.model = dict(name='maxvit', image_size=16, stem_width=16, dims=(32, 64), depths=(1, 1), partition_ratio=8,
                  drop_path=0.1, attn_impl='xla')
-  c.data = dict(
-      name='sklearn_digits', data_dir=None, train_split='train', eval_split='test',
-      image_size=16, channels=1, shuffle_buffer=2_000,
-      pp_train='decode(1)|resize(16)|random_shift(2)|value_range(-1, 1)|keep("image", "label")',
-      pp_eval='decode(1)|resize(16)|value_range(-1, 1)|keep("image", "label")')
-  c.batch_size = 64
   c.total_steps = 1_500
-  c.optimizer = dict(name='adamw', learning_rate=2e-3, weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=1.0,
-                     warmup_steps=100, schedule='cosine', end_lr=1e-5)
-  c.label_smoothing = 0.1
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.sharding_rules = parallel.DEFAULT_RULES
-  c.log_every = 50
+  c.batch_size = 64
   c.eval_every = 500
   c.checkpoint_every = 500
-  c.keep_checkpoints = 3
   return c
