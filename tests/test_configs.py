@@ -1,0 +1,83 @@
+"""Every config in configs/ trains two steps through the real trainer with its model shrunk, so no config rots:
+ImageNet recipes on `tfds.testing.mock_data` (random JPEGs behind the real imagenet2012 builder), the digits
+quickstarts on the local digits dataset. Their preprocessing strings, optimizer, mixup and EMA settings all run."""
+import importlib
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_CONFIGS = {'common', '__init__'}
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
+                 if f.endswith('.py') and f[:-3] not in NOT_CONFIGS)
+# Model-name prefix → overrides that keep the family's code paths but make it tiny. A config whose model matches
+# none fails below: add its family here.
+SHRINK = {
+    'vit': dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+    'deit': dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+    'convnext': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+    'mixer': dict(width=32, depth=2, tokens_mlp_dim=16, channels_mlp_dim=64),
+    'maxvit': dict(stem_width=8, dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), head_dim=8),
+    'dit': dict(hidden_size=32, depth=2, num_heads=2),
+}
+MOCK_SIZES = {'train': 32, 'validation': 16}
+SMOKE_RESOLUTION = 64  # ImageNet recipes run at 64 px (their preprocessing rescaled), the size that keeps CI fast.
+
+
+def load(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def shrink(model: dict) -> dict:
+  for prefix, overrides in SHRINK.items():
+    if model['name'].startswith(prefix):
+      return {**model, **overrides}
+  raise AssertionError(f'no shrink for model {model["name"]!r}: add its family to SHRINK in tests/test_configs.py')
+
+
+@pytest.fixture(scope='module')
+def imagenet_metadata(tmp_path_factory):
+  """A data dir holding only imagenet2012's metadata (its split sizes), for `mock_data` to serve examples from."""
+  import tensorflow_datasets as tfds
+  data_dir = str(tmp_path_factory.mktemp('mock_tfds'))
+  builder = tfds.builder('imagenet2012', data_dir=data_dir)
+  template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name='imagenet2012',
+                                           filetype_suffix='tfrecord')
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=template.replace(split=split))
+      for split, n in MOCK_SIZES.items()]))
+  os.makedirs(builder.data_dir, exist_ok=True)
+  builder.info.write_to_directory(builder.data_dir)
+  return data_dir
+
+
+@pytest.fixture
+def mock_imagenet(imagenet_metadata):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=16, data_dir=imagenet_metadata, policy=tfds.testing.MockPolicy.USE_FILES):
+    yield imagenet_metadata
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_trains_two_steps(name, request, tmp_path):
+  from vision_models.training import evaluation, trainer
+  config = load(name)
+  if config.data.name == 'imagenet2012':
+    config.data.pp_train = evaluation.pp_at_resolution(config.data.pp_train, config.data.image_size, SMOKE_RESOLUTION)
+    config = evaluation.at_resolution(config, SMOKE_RESOLUTION)
+    config.data.data_dir = request.getfixturevalue('mock_imagenet')
+    config.model = shrink(dict(config.model))
+    config.batch_size = 8
+  elif config.data.name == 'sklearn_digits':
+    config.data.data_dir = request.getfixturevalue('digits_dir')
+  else:
+    pytest.fail(f'configs/{name}.py trains on {config.data.name!r}: teach this test to mock it')
+  config.data.shuffle_buffer = 16
+  config.total_steps = 2
+  config.optimizer.warmup_steps = 1
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  if config.get('sample'):  # Diffusion: a handful of samples with few steps at evaluation.
+    config.sample.update(num_samples=8, batch_size=8, respacing='2')
+  results = trainer.train(config, str(tmp_path))
+  assert results, f'configs/{name}.py: training returned no evaluation'
+  assert os.path.isdir(tmp_path / 'checkpoints' / '2')
