@@ -1,0 +1,19 @@
+"""The benchmark scripts run and print what their docstrings promise (a tiny case; the figures themselves are
+measured by running the scripts, see benchmarks/RESULTS.md)."""
+import json
+
+from benchmarks import train_step
+
+
+def test_time_steps_interleaves_the_implementations():
+  calls = []
+  times = train_step.time_steps([lambda: calls.append('a'), lambda: calls.append('b')], steps=3, warmup=1)
+  assert calls == ['a', 'b'] * 4
+  assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
+
+
+def test_train_step_prints_one_json_line(capsys):
+  assert train_step.main(['--model', 'vit_ti16', '--resolution', '32', '--steps', '2', '--warmup', '1']) == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line['impl'] == 'vision_models' and line['params'] == 5_717_416 - 192 * (197 - 5)  # ViT-Ti/16, 4 patches at 32 px
+  assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0
