@@ -66,3 +66,18 @@ def test_reparameterized_state_dict_converts():
                                                      rngs={'dropout': jax.random.key(0)}))(variables, x[:, :32, :32])
   assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
   assert not np.allclose(variables['batch_stats']['norm']['mean'], updates['batch_stats']['norm']['mean'])
+
+
+def test_imagenet_config_builds_its_model():
+  import importlib.util
+  import os
+  from vision_models.data import preprocess
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'nextvit_s.py')
+  spec = importlib.util.spec_from_file_location('nextvit_s', path)
+  config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config)
+  config = config.get_config()
+  model = models.create(config.model.name, **{k: v for k, v in config.model.items() if k != 'name'})
+  assert model.depths == (3, 4, 10, 3)
+  preprocess.parse(config.data.pp_train)
+  preprocess.parse(config.data.pp_eval)
