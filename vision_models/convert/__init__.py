@@ -6,5 +6,7 @@ from vision_models.convert.dit import from_dit
 from vision_models.convert.inception import from_pytorch_fid
 from vision_models.convert.vae import from_diffusers_vae
 from vision_models.convert.vit_npz import from_vit_npz
+from vision_models.convert.unireplknet import from_unireplknet
 
 __all__ = ['from_diffusers_vae', 'from_dit', 'from_pytorch_fid', 'from_timm', 'from_vit_npz', 'register_timm']
+__all__ += ['from_unireplknet']

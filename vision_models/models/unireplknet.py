@@ -70,7 +70,7 @@ class DilatedReparamBlock(nn.Module):
   """Large depthwise conv + BN, plus dilated small depthwise convs + BN (training); one biased conv (deploy)."""
   kernel_size: int
   deploy: bool = False
-  impl: str = 'auto'
+  impl: str = 'xla'
   dtype: Any = None
 
   @nn.compact
@@ -125,7 +125,7 @@ class Block(nn.Module):
   layer_scale: float | None = 1e-6
   drop_path: float = 0.0
   deploy: bool = False
-  depthwise_impl: str = 'auto'
+  depthwise_impl: str = 'xla'
   dtype: Any = None
 
   @nn.compact
@@ -163,7 +163,7 @@ class UniRepLKNet(nn.Module):
   layer_scale: float | None = 1e-6
   drop_path: float = 0.0
   deploy: bool = False
-  depthwise_impl: str = 'auto'
+  depthwise_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
 
