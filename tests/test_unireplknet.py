@@ -111,3 +111,17 @@ def test_bad_kernel_sizes_name_the_field():
     count(models.create('unireplknet', depths=(1, 1, 1, 1)))
   with pytest.raises(ConfigError, match='kernel_sizes'):
     count(models.create('unireplknet', depths=(1, 1, 1, 1), kernel_sizes=((3,), (4,), (3,), (3,))))
+
+
+def test_imagenet_config_builds_its_model():
+  import importlib.util
+  from vision_models.data import preprocess
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'unireplknet_t.py')
+  spec = importlib.util.spec_from_file_location('unireplknet_t', path)
+  config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config)
+  config = config.get_config()
+  model = models.create(config.model.name, **{k: v for k, v in config.model.items() if k != 'name'})
+  assert tuple(model.depths) == (3, 3, 18, 3) and model.drop_path == 0.2
+  preprocess.parse(config.data.pp_train)
+  preprocess.parse(config.data.pp_eval)
