@@ -151,3 +151,9 @@ for _size, (_width, _depth, _heads, _mlp) in VARIANTS.items():
   if _size != 'ti':  # DeiT III: layer scale 1e-6, no position embedding on the class token.
     _patch = 14 if _size == 'h' else 16
     register(f'deit3_{_size}{_patch}', ViT, patch_size=_patch, layer_scale=1e-6, no_embed_class=True, **_arch)
+# Hyena ViT (Poli et al. 2023; Hyena N-D, Zimerman & Wolf 2023): the 2-D Hyena operator (order 2, implicit
+# (2h−1)×(2w−1) filters) in place of attention, patch 16, global average pooling instead of a class token.
+for _size in ('ti', 's', 'b'):
+  _width, _depth, _heads, _mlp = VARIANTS[_size]
+  register(f'hyena_vit_{_size}16', ViT, patch_size=16, width=_width, depth=_depth, num_heads=_heads, mlp_dim=_mlp,
+           mixer='hyena2d', pool='gap')
