@@ -8,11 +8,9 @@ import re
 from typing import Any, Mapping
 
 import flax.linen as nn
-import numpy as np
 
-from vision_models import models
 from vision_models.convert import common
-from vision_models.convert.metaformer import linear, linear_conv
+from vision_models.convert.metaformer import conv, linear
 from vision_models.convert.variants import build, overrides
 
 SIZES = {'atto': 'a', 'tiny': 't', 'small': 's', 'base': 'b'}
@@ -55,24 +53,23 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], **kwargs: Any) -> t
   p: dict[str, Any] = {}
   stats: dict[str, Any] = {}
 
-  def batch_norm(src: str, dst: str) -> None:
-    p[dst] = {'scale': sd[f'{src}.weight'], 'bias': sd[f'{src}.bias']}
-    stats[dst] = {'mean': sd[f'{src}.running_mean'], 'var': sd[f'{src}.running_var']}
+  def batch_norm(src: str) -> tuple[dict[str, Any], dict[str, Any]]:
     sd.skip(f'{src}.num_batches_tracked')
+    return ({'scale': sd[f'{src}.weight'], 'bias': sd[f'{src}.bias']},
+            {'mean': sd[f'{src}.running_mean'], 'var': sd[f'{src}.running_var']})
 
-  p['stem_conv'] = linear_conv(sd, 'stem.0')
-  batch_norm('stem.1', 'stem_norm')
+  p['stem_conv'] = conv(sd, 'stem.0')
+  p['stem_norm'], stats['stem_norm'] = batch_norm('stem.1')
   for i, depth in enumerate(arch['depths']):
     if i > 0:
-      batch_norm(f'stages.{i}.downsample.0', f'stages_{i}_downsample_norm')
-      p[f'stages_{i}_downsample_conv'] = linear_conv(sd, f'stages.{i}.downsample.1')
+      down = f'stages_{i}_downsample'
+      p[f'{down}_norm'], stats[f'{down}_norm'] = batch_norm(f'stages.{i}.downsample.0')
+      p[f'{down}_conv'] = conv(sd, f'stages.{i}.downsample.1')
     for j in range(depth):
       src, dst = f'stages.{i}.blocks.{j}', f'stages_{i}_blocks_{j}'
-      batch_norm(f'{src}.norm', dst)
-      norm_params, norm_stats = p.pop(dst), stats.pop(dst)
-      p[dst] = {'token_mixer': {k: linear_conv(sd, f'{src}.token_mixer.{k}') for k in ('dwconv_hw', 'dwconv_w',
-                                                                                       'dwconv_h')},
-                'norm': norm_params, 'mlp': {f'fc{k}': linear(sd, f'{src}.mlp.fc{k}') for k in (1, 2)}}
+      norm, norm_stats = batch_norm(f'{src}.norm')
+      mixer = {k: conv(sd, f'{src}.token_mixer.{k}') for k in ('dwconv_hw', 'dwconv_w', 'dwconv_h')}
+      p[dst] = {'token_mixer': mixer, 'norm': norm, 'mlp': {f'fc{k}': linear(sd, f'{src}.mlp.fc{k}') for k in (1, 2)}}
       stats[dst] = {'norm': norm_stats}
       if arch['layer_scale']:
         p[dst]['ls'] = {'gamma': sd[f'{src}.gamma']}

@@ -33,7 +33,7 @@ def linear(sd: common.StateDict, src: str, bias: bool = True) -> dict[str, np.nd
   return out
 
 
-def linear_conv(sd: common.StateDict, src: str) -> dict[str, np.ndarray]:
+def conv(sd: common.StateDict, src: str) -> dict[str, np.ndarray]:
   return {'kernel': common.conv(sd[f'{src}.weight']), 'bias': sd[f'{src}.bias']}
 
 
@@ -115,14 +115,14 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], **kwargs: Any) -> t
   arch['res_scale'] = per_stage_scales(arch['res_scale'], variant.res_scale, 1.0)
   head_dim = kwargs.get('head_dim', variant.head_dim)
 
-  p = {'stem_conv': linear_conv(sd, 'stem.conv')}
+  p = {'stem_conv': conv(sd, 'stem.conv')}
   if arch['downsample_norm']:
     p['stem_norm'] = norm(sd, 'stem.norm')
   for i, depth in enumerate(arch['depths']):
     if i > 0:
       if arch['downsample_norm']:
         p[f'stages_{i}_downsample_norm'] = norm(sd, f'stages.{i}.downsample.norm')
-      p[f'stages_{i}_downsample_conv'] = linear_conv(sd, f'stages.{i}.downsample.conv')
+      p[f'stages_{i}_downsample_conv'] = conv(sd, f'stages.{i}.downsample.conv')
     for j in range(depth):
       src = f'stages.{i}.blocks.{j}'
       mlp = {f'fc{k}': linear(sd, f'{src}.mlp.fc{k}', arch['mlp_bias']) for k in (1, 2)}

@@ -102,10 +102,9 @@ class Attention(nn.Module):
     dim, heads = tokens.shape[-1], self.num_heads
     head_dim = dim // heads
     dtype = self.dtype or tokens.dtype
-    init3 = nn.initializers.truncated_normal(0.02)
 
     def proj(name):
-      w = self.param(f'{name}_kernel', layers.with_axes(init3, ('embed', 'heads', 'kv')), (dim, heads, head_dim))
+      w = self.param(f'{name}_kernel', layers.with_axes(init, ('embed', 'heads', 'kv')), (dim, heads, head_dim))
       y = jnp.einsum('...d,dhk->...hk', tokens.astype(dtype), w.astype(dtype))
       if self.qkv_bias:
         y = y + self.param(f'{name}_bias', layers.with_axes(nn.initializers.zeros, ('heads', 'kv')),
@@ -114,7 +113,7 @@ class Attention(nn.Module):
 
     out = kernels.attention(proj('query'), proj('key'), proj('value'), impl=self.impl)
     out = layers.constrain(out, ('batch', 'length', 'act_heads', None))
-    w = self.param('out_kernel', layers.with_axes(init3, ('heads', 'kv', 'embed')), (heads, head_dim, dim))
+    w = self.param('out_kernel', layers.with_axes(init, ('heads', 'kv', 'embed')), (heads, head_dim, dim))
     out = jnp.einsum('...hk,hkd->...d', out, w.astype(dtype))
     if self.proj_bias:
       out = out + self.param('out_bias', layers.with_axes(nn.initializers.zeros, ('embed',)), (dim,)).astype(dtype)
