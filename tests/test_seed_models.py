@@ -102,15 +102,15 @@ def test_full_size_variants_match_timm(timm_name):
   assert diff <= 1e-4
 
 
-@pytest.mark.parametrize('layout,timm_name,kwargs', [
-    ('poolformerv2', 'poolformerv2_s12', REDUCED),
-    # ConvFormer with layer scales everywhere and residual scales in other stages than timm's.
+@pytest.mark.parametrize('layout,timm_name,kwargs,ours', [
+    ('poolformerv2', 'poolformerv2_s12', REDUCED, {}),
+    # ConvFormer with layer scales everywhere, residual scales in other stages than timm's, and the shift depthwise conv.
     ('convformer', 'convformer_s18', dict(REDUCED, res_scale_init_values=(None, 1.0, None, 1.0),
-                                          layer_scale_init_values=1e-6)),
-    ('inception_next_tiny', 'inception_next_tiny', dict(REDUCED, dims=(32, 48, 64, 96))),
-], ids=['poolformerv2', 'convformer_scales', 'inception_next_tiny'])
-def test_reduced_layouts_match_timm(layout, timm_name, kwargs):
-  _, diff = compare(random_timm(layout, **kwargs), timm_name, 64)
+                                          layer_scale_init_values=1e-6), dict(mixer_options={'conv_impl': 'shift'})),
+    ('inception_next_tiny', 'inception_next_tiny', dict(REDUCED, dims=(32, 48, 64, 96)), {}),
+], ids=['poolformerv2', 'convformer_scales_shift', 'inception_next_tiny'])
+def test_reduced_layouts_match_timm(layout, timm_name, kwargs, ours):
+  _, diff = compare(random_timm(layout, **kwargs), timm_name, 64, **ours)
   assert diff <= 1e-4
 
 

@@ -37,7 +37,7 @@ class InceptionDWConv(nn.Module):
   branch_ratio: float = 0.125
   grid: tuple[int, int] | None = None
   prefix: int = 0
-  depthwise_impl: str = 'xla'
+  conv_impl: str = 'xla'
   dtype: Any = None
 
   @nn.compact
@@ -47,7 +47,7 @@ class InceptionDWConv(nn.Module):
     s, b = self.square_kernel_size, self.band_kernel_size
 
     def conv(kernel, name):
-      return layers.DepthwiseConv(kernel, kernel_init=init, impl=self.depthwise_impl, axis_name='embed',
+      return layers.DepthwiseConv(kernel, kernel_init=init, impl=self.conv_impl, axis_name='embed',
                                   dtype=self.dtype, name=name)
 
     def mix(x):
@@ -59,8 +59,8 @@ class InceptionDWConv(nn.Module):
 
 mixers.register_token_mixer(
     'inception_next_dwconv', lambda *, grid, prefix, dtype, name, square_kernel_size=3, band_kernel_size=11,
-    branch_ratio=0.125, depthwise_impl='xla', **_: InceptionDWConv(square_kernel_size, band_kernel_size, branch_ratio,
-                                                                   grid, prefix, depthwise_impl, dtype, name=name))
+    branch_ratio=0.125, conv_impl='xla', **_: InceptionDWConv(square_kernel_size, band_kernel_size, branch_ratio,
+                                                              grid, prefix, conv_impl, dtype, name=name))
 
 
 def batch_norm(train: bool, dtype: Any = None, name: str | None = None) -> nn.BatchNorm:
@@ -99,7 +99,7 @@ class InceptionNeXt(nn.Module):
   """InceptionNeXt classifier. `num_classes=0` returns the head's pre-logits (3·d after its LayerNorm), as timm.
 
   `mixer` (one name or one per stage), `mixer_overrides`, `mixer_options`: see `vision_models.models.mixers`
-  (`mixer_options={'depthwise_impl': 'shift'}` makes the depthwise convs fast on CPUs). `head_dim` sets the heads of
+  (`mixer_options={'conv_impl': 'shift'}` makes the depthwise convs fast on CPUs). `head_dim` sets the heads of
   attention mixers put in by overrides. Stochastic depth grows linearly from 0 to `drop_path` over all blocks;
   `remat` recomputes each block in the backward pass.
   """

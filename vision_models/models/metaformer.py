@@ -9,9 +9,9 @@ squared ReLU → LayerNorm → Dense) of the v2 baselines.
 Token mixers come from `vision_models.models.mixers` by name; the timm-exact ones are registered here as
 `metaformer_pooling` (avg pool 3×3 minus the input), `metaformer_sepconv` (1×1 → StarReLU → 7×7 depthwise → 1×1) and
 `metaformer_attention` (32-wide heads, no biases). `mixer` is one name or one per stage; `mixer_overrides` ({'a:b':
-name}, global block indices) puts any registered mixer in any block, `mixer_options` go to every mixer. Module names
-follow timm's state dict (`stem_conv`, `stages_i_downsample_{norm,conv}`, `stages_i_blocks_j/{norm1,token_mixer,...}`,
-`head_norm`, `head_fc`).
+name}, global block indices) puts any registered mixer in any block, `mixer_options` go to every mixer (each takes
+the options it names, e.g. `conv_impl='shift'`, fast depthwise convs on CPUs). Module names follow timm's state dict
+(`stem_conv`, `stages_i_downsample_{norm,conv}`, `stages_i_blocks_j/{norm1,token_mixer,...}`, `head_norm`, `head_fc`).
 """
 from typing import Any, Callable, Mapping, Sequence
 
@@ -70,7 +70,7 @@ class SepConv(nn.Module):
   use_bias: bool = False
   grid: tuple[int, int] | None = None
   prefix: int = 0
-  depthwise_impl: str = 'xla'  # As ConvNeXt's; 'shift' / 'auto' run much faster on CPUs (layers.depthwise_conv).
+  conv_impl: str = 'xla'  # As ConvNeXt's; 'shift' / 'auto' run much faster on CPUs (layers.depthwise_conv).
   dtype: Any = None
 
   @nn.compact
@@ -82,7 +82,7 @@ class SepConv(nn.Module):
                        name='pwconv1')(x)
       x = StarReLU(name='act1')(x)
       x = layers.DepthwiseConv((self.kernel_size,) * 2, use_bias=self.use_bias, kernel_init=init,
-                               impl=self.depthwise_impl, axis_name='mlp', dtype=self.dtype, name='dwconv')(x)
+                               impl=self.conv_impl, axis_name='mlp', dtype=self.dtype, name='dwconv')(x)
       return layers.dense(dim, ('mlp', 'embed'), use_bias=self.use_bias, kernel_init=init, dtype=self.dtype,
                           name='pwconv2')(x)
     return on_grid(mix, tokens, self.grid, self.prefix)
@@ -124,8 +124,7 @@ mixers.register_token_mixer('metaformer_pooling', lambda *, grid, prefix, name, 
     pool_size, grid, prefix, name=name))
 mixers.register_token_mixer(
     'metaformer_sepconv', lambda *, grid, prefix, dtype, name, expansion_ratio=2.0, kernel_size=7, bias=False,
-    depthwise_impl='xla', **_: SepConv(expansion_ratio, kernel_size, bias, grid, prefix, depthwise_impl, dtype,
-                                        name=name))
+    conv_impl='xla', **_: SepConv(expansion_ratio, kernel_size, bias, grid, prefix, conv_impl, dtype, name=name))
 mixers.register_token_mixer('metaformer_attention', lambda *, num_heads, impl, dtype, name, qkv_bias=False,
                             proj_bias=False, **_: Attention(num_heads, qkv_bias, proj_bias, impl, dtype, name=name))
 
