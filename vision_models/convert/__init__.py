@@ -1,7 +1,7 @@
 """Weight conversion from timm and the official checkpoints into our modules."""
 from vision_models.convert.common import from_timm, register_timm
 from vision_models.convert import convnext, maxvit, mixer, timm_vit  # noqa: F401  (register their timm converters)
-from vision_models.convert import inception_next, metaformer  # noqa: F401  (InceptionNeXt; PoolFormer, ConvFormer, CAFormer)
+from vision_models.convert import inception_next, metaformer  # noqa: F401  (InceptionNeXt; MetaFormer baselines)
 from vision_models.convert.dit import from_dit
 from vision_models.convert.inception import from_pytorch_fid
 from vision_models.convert.vae import from_diffusers_vae
