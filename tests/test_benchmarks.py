@@ -15,5 +15,6 @@ def test_time_steps_interleaves_the_implementations():
 def test_train_step_prints_one_json_line(capsys):
   assert train_step.main(['--model', 'vit_ti16', '--resolution', '32', '--steps', '2', '--warmup', '1']) == 0
   line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert line['impl'] == 'vision_models' and line['params'] == 5_717_416 - 192 * (197 - 5)  # ViT-Ti/16, 4 patches at 32 px
+  assert line['impl'] == 'vision_models'
+  assert line['params'] == 5_717_416 - 192 * (197 - 5)  # ViT-Ti/16 with 4 patches (at 32 px) instead of 196
   assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0

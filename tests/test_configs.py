@@ -72,6 +72,8 @@ def test_config_trains_two_steps(name, request, tmp_path):
     config.data.data_dir = request.getfixturevalue('digits_dir')
   else:
     pytest.fail(f'configs/{name}.py trains on {config.data.name!r}: teach this test to mock it')
+  if config.get('init_from'):  # Fine-tuning configs start fresh here; tests/test_graft.py covers init_from.
+    config.init_from = None
   config.data.shuffle_buffer = 16
   config.total_steps = 2
   config.optimizer.warmup_steps = 1

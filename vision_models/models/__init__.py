@@ -7,6 +7,8 @@ from vision_models.models import maxvit  # noqa: F401  (registers the MaxViT fam
 from vision_models.models import mixer  # noqa: F401  (registers MLP-Mixer)
 from vision_models.models import nextvit  # noqa: F401  (registers Next-ViT)
 from vision_models.models import unireplknet  # noqa: F401  (registers UniRepLKNet)
+from vision_models.models import metaformer  # noqa: F401  (registers PoolFormer v1/v2, ConvFormer, CAFormer)
+from vision_models.models import inception_next  # noqa: F401  (registers InceptionNeXt)
 
 __all__ = ['create', 'names', 'register', 'param_count']
 
