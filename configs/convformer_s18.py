@@ -6,38 +6,21 @@
 #           and its train.py defaults).
 # Time:     ~9e18 training FLOPs (~3.9 GMACs x 2 x 3 x 1.28M images x 300 epochs): about 1 h of pure compute on
 #           8 x H100 at 30% bf16 MFU (estimate; the 7x7 depthwise convs are memory-bound, real runs are slower).
-# Not yet in this codebase: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, color jitter 0.4; without them
-# expect a lower top-1.
+# Augmentation: RandAugment rand-m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, random erasing 0.25, random-resized
+# crop (bicubic); timm's colour jitter is off whenever RandAugment is on.
 """ConvFormer-S18 on ImageNet-1k from scratch (Yu et al. 2023, MetaFormer Baselines for Vision)."""
-import ml_collections
-
-from vision_models import parallel
-
-IMAGENET_TRAIN = 1_281_167
+from configs import common
 
 
 def get_config(arg=None):
   del arg
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = dict(name='convformer_s18', drop_path=0.2, head_dropout=0.0, dtype='bfloat16', remat=False)
-  c.data = dict(
-      name='imagenet2012', data_dir=None, train_split='train', eval_split='validation',
-      image_size=224, channels=3, shuffle_buffer=250_000,
-      pp_train='decode|inception_crop(224, method="bicubic")|flip_lr|normalize()|keep("image", "label")',
-      # timm eval for the MetaFormer baselines: crop_pct 1.0 (224 → 224), bicubic, ImageNet mean/std.
-      pp_eval='decode|resize(224, method="bicubic")|central_crop(224)|normalize()|keep("image", "label")')
-  c.batch_size = 4096
-  epoch = IMAGENET_TRAIN // c.batch_size
-  c.total_steps = 300 * epoch
+  c = common.imagenet(dict(name='convformer_s18', drop_path=0.2, head_dropout=0.0, dtype='bfloat16', remat=False),
+                      batch_size=4096, epochs=300,
+                      train=common.pp_train(224, randaug='randaugment()', erasing=0.25),
+                      eval=common.pp_eval(224, crop_pct=1.0))
+  epoch = common.steps_per_epoch(c.batch_size)
   c.optimizer = dict(name='adamw', learning_rate=4e-3, weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=None,
                      warmup_steps=20 * epoch, schedule='cosine', end_lr=1e-5)
   c.label_smoothing = 0.1
-  c.mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.sharding_rules = parallel.DEFAULT_RULES
-  c.log_every = 100
-  c.eval_every = 5 * epoch
-  c.checkpoint_every = epoch
-  c.keep_checkpoints = 3
+  c.mixup = common.timm_mixup()
   return c

@@ -19,6 +19,12 @@ SHRINK = {
     'mixer': dict(width=32, depth=2, tokens_mlp_dim=16, channels_mlp_dim=64),
     'maxvit': dict(stem_width=8, dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), head_dim=8),
     'dit': dict(hidden_size=32, depth=2, num_heads=2),
+    'poolformer': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+    'convformer': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+    'caformer': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+    'inception_next': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+    'nextvit': dict(depths=(1, 1, 5, 1), stem_dims=(16, 8, 16)),  # Its widths follow from the depths.
+    'unireplknet': dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), kernel_sizes=((3,), (13,), (13,), (3,))),
 }
 MOCK_SIZES = {'train': 32, 'validation': 16}
 SMOKE_RESOLUTION = 64  # ImageNet recipes run at 64 px (their preprocessing rescaled), the size that keeps CI fast.
