@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on the CPU; multi-device tests set XLA_FLAGS in a subprocess or via the 8-device
 session below (conftest sets it before JAX is imported)."""
 import os
+import tempfile
 
 try:  # torch (and triton, which diffusers pulls in) must load before TensorFlow: the other order can segfault.
   import torch  # noqa: F401
@@ -11,6 +12,10 @@ except ImportError:
 # 8 CPU devices for every test process: sharding tests need them, single-device code is unaffected.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Many tests (and the CLI subprocesses they start) compile the same tiny models: XLA's persistent cache lets every
+# compilation after the first load from disk, across tests, xdist workers and processes.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), f'vision_models_xla_cache_{os.getuid()}'))
 
 import pytest  # noqa: E402
 
