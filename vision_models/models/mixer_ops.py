@@ -2,8 +2,8 @@
 
 Prefix tokens (class / distillation tokens) have no grid position. Local attention lets them attend globally
 (every token, prefix included) while grid tokens attend within their window or dilated grid only. Convolution and
-pooling mixers give them the grid mean of their spatial operator's input, a global pool (as `hyena.HyenaMixer2D`),
-so a class token still gathers the image; pointwise layers treat them as any token.
+pooling mixers give them the grid mean of their spatial operator's output, a global pool (like
+`hyena.HyenaMixer2D`), so a class token still gathers the image; pointwise layers treat them as any token.
 """
 from typing import Any, Callable
 
@@ -33,11 +33,11 @@ def join_grid(front: jax.Array, g: jax.Array) -> jax.Array:
 
 def on_grid(x: jax.Array, grid: tuple[int, int] | None, prefix: int,
             fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """`fn` (NHWC → NHWC) on the grid tokens; prefix tokens get the grid mean of `fn`'s input (a global pool)."""
+  """`fn` (NHWC → NHWC) on the grid tokens; prefix tokens get the grid mean of `fn`'s output (a global pool that
+  vanishes with the operator's weights, so a zeroed conv is a zero mixer for every token)."""
   front, g = split_grid(x, grid, prefix)
   out = fn(g)
-  pooled = jnp.broadcast_to(g.mean(axis=(1, 2))[:, None], (*front.shape[:2], out.shape[-1])).astype(out.dtype)
-  return join_grid(pooled, out)
+  return join_grid(jnp.broadcast_to(out.mean(axis=(1, 2))[:, None], (*front.shape[:2], out.shape[-1])), out)
 
 
 def conv_impl(impl: str) -> str:
