@@ -40,6 +40,12 @@ def on_grid(x: jax.Array, grid: tuple[int, int] | None, prefix: int,
   return join_grid(jnp.broadcast_to(out.mean(axis=(1, 2))[:, None], (*front.shape[:2], out.shape[-1])), out)
 
 
+def default_conv_impl(impl: str) -> str:
+  """A conv mixer's implementation when a model gives only its attention `impl`: `pallas` stays, `xla` / `cudnn`
+  become `auto` (XLA's grouped conv on accelerators, the much faster shifted products on the CPU)."""
+  return 'auto' if impl in ('xla', 'cudnn') else impl
+
+
 def conv_impl(impl: str) -> str:
   """The depthwise-conv implementation a model's `impl` (attention or depthwise names) stands for."""
   impl = {'cudnn': 'xla'}.get(impl, impl)

@@ -165,6 +165,11 @@ def _hyena(two_d: bool):
   return factory
 
 
+def _conv(conv_impl: str | None, impl: str) -> str:
+  """Conv mixers: the `conv_impl` option (ConvNeXt passes its `depthwise_impl`), else the model's `impl`."""
+  return conv_impl or ops.default_conv_impl(impl)
+
+
 register_token_mixer('attention', _attention())
 register_token_mixer('identity', lambda *, name, **_: ops.Identity(name=name))
 register_token_mixer('window_attention', _local(dilated=False))
@@ -173,17 +178,17 @@ register_token_mixer('linear_attention', _attention(ops.LinearAttention))
 register_token_mixer('pooling', lambda *, grid, prefix, name, pool_size=3, **_: ops.Pooling(
     grid, prefix, pool_size, name=name))
 register_token_mixer('dwconv', lambda *, grid, prefix, impl, dtype, name, kernel_size=7, use_bias=True,
-                     conv_impl=None, **_: ops.DWConv(grid, prefix, kernel_size, use_bias, conv_impl or impl,
+                     conv_impl=None, **_: ops.DWConv(grid, prefix, kernel_size, use_bias, _conv(conv_impl, impl),
                                                      dtype=dtype, name=name))
 register_token_mixer('inception_dwconv', lambda *, grid, prefix, impl, dtype, name, square_kernel_size=3,
                      band_kernel_size=11, branch_ratio=0.125, conv_impl=None, **_: ops.InceptionDWConv(
-                         grid, prefix, square_kernel_size, band_kernel_size, branch_ratio, conv_impl or impl, dtype,
-                         name=name))
+                         grid, prefix, square_kernel_size, band_kernel_size, branch_ratio, _conv(conv_impl, impl),
+                         dtype, name=name))
 register_token_mixer('sepconv', lambda *, grid, prefix, impl, dtype, name, expansion_ratio=2.0, kernel_size=7,
-                     conv_impl=None, **_: ops.SepConv(grid, prefix, expansion_ratio, kernel_size, conv_impl or impl,
-                                                      dtype, name=name))
+                     conv_impl=None, **_: ops.SepConv(grid, prefix, expansion_ratio, kernel_size,
+                                                      _conv(conv_impl, impl), dtype, name=name))
 register_token_mixer('gated_conv', lambda *, grid, prefix, impl, dtype, name, kernel_size=7, conv_impl=None, **_:
-                     ops.GatedConv(grid, prefix, kernel_size, conv_impl or impl, dtype, name=name))
+                     ops.GatedConv(grid, prefix, kernel_size, _conv(conv_impl, impl), dtype, name=name))
 register_token_mixer('hyena', _hyena(two_d=False))
 register_token_mixer('hyena2d', _hyena(two_d=True))
 
