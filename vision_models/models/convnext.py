@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import layers, mixers
 from vision_models.models.registry import register
 
 EPS = 1e-6
@@ -80,18 +80,29 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """dwconv → LN → Dense 4d → GELU (→ GRN) → Dense d (→ layer scale) → drop path, plus the residual."""
+  """dwconv → LN → Dense 4d → GELU (→ GRN) → Dense d (→ layer scale) → drop path, plus the residual.
+
+  The depthwise conv is the token mixer `mixer` of `models/mixers.py` (`dwconv`, under `conv_dw`; any other under
+  `mixer`) on the map flattened to tokens (no prefix); attention gets a head per 32 channels."""
   kernel_size: int = 7
   layer_scale: float | None = 1e-6
   grn: bool = False
   drop_path: float = 0.0
   depthwise_impl: str = 'xla'
   dtype: Any = None
+  mixer: str = 'dwconv'
+  mixer_options: Any = None
+  attn_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    dim = x.shape[-1]
-    y = depthwise_conv(dim, self.kernel_size, self.depthwise_impl, self.dtype, name='conv_dw')(x)
+    batch, h, w, dim = x.shape
+    options = mixers.select_options(self.mixer, {'kernel_size': self.kernel_size, 'conv_impl': self.depthwise_impl,
+                                                 **dict(self.mixer_options or {})})
+    mixer = mixers.token_mixer(self.mixer, dim=dim, num_heads=max(1, dim // 32), grid=(h, w), prefix=0,
+                               impl=self.attn_impl, dtype=self.dtype,
+                               module_name='conv_dw' if self.mixer == 'dwconv' else 'mixer', **options)
+    y = mixer(x.reshape(batch, h * w, dim), train=train).reshape(batch, h, w, dim)
     y = layers.layer_norm(EPS, dtype=self.dtype, name='norm')(y)
     y = Mlp(self.grn, self.dtype, name='mlp')(y)
     if self.layer_scale is not None:
@@ -104,8 +115,12 @@ class ConvNeXt(nn.Module):
   """ConvNeXt classifier (V2: `grn=True, layer_scale=None`). `num_classes=0` returns the pooled, normalised features.
 
   `kernel_size` sets the depthwise kernel (7 in the papers; larger for large-kernel studies), `depthwise_impl` its
-  implementation (`xla` grouped conv; `shift`, much faster on CPUs; see `depthwise_conv`). Stochastic depth grows linearly from 0 to `drop_path` over all blocks. `remat` recomputes each block
-  in the backward pass. `head_init_scale` scales the initial head (0.001 when fine-tuning, as in the paper).
+  implementation (`xla` grouped conv; `shift`, much faster on CPUs; see `depthwise_conv`). Stochastic depth grows
+  linearly from 0 to `drop_path` over all blocks. `remat` recomputes each block in the backward pass.
+  `head_init_scale` scales the initial head (0.001 when fine-tuning, as in the paper).
+  `mixer` replaces every block's depthwise conv by another token mixer of `models/mixers.py`, `mixer_overrides` by
+  global block range across stages (`{'12:18': 'attention'}`), `mixer_options` passes options (`attn_impl` picks
+  the attention kernel; `kernel_size` and `depthwise_impl` reach the conv mixers).
   """
   num_classes: int = 1000
   depths: Sequence[int] = (3, 3, 9, 3)
@@ -119,11 +134,19 @@ class ConvNeXt(nn.Module):
   depthwise_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
+  mixer: str = 'dwconv'
+  mixer_overrides: Any = None
+  mixer_options: Any = None
+  attn_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     if len(self.depths) != len(self.dims):
       raise ConfigError(f'ConvNeXt depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length')
+    depthwise_conv(1, self.kernel_size, self.depthwise_impl)  # Validates depthwise_impl, naming the field.
+    total = sum(self.depths)
+    names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, total) for i in range(total)]
+    mixers.check_options(names, self.mixer_options)
     p = self.patch_size
     x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='stem_conv',
                 kernel_init=layers.with_axes(conv_init, (None, None, 'conv_in', 'embed')),
@@ -131,7 +154,7 @@ class ConvNeXt(nn.Module):
     x = layers.layer_norm(EPS, dtype=self.dtype, name='stem_norm')(x)
 
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
-    total, index = sum(self.depths), 0
+    index = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
         x = layers.layer_norm(EPS, dtype=self.dtype, name=f'stages_{i}_downsample_norm')(x)
@@ -140,8 +163,8 @@ class ConvNeXt(nn.Module):
                     bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(x)
       for j in range(depth):
         rate = self.drop_path * index / max(total - 1, 1)  # torch.linspace(0, drop_path, total), as timm.
-        x = block(self.kernel_size, self.layer_scale, self.grn, rate, self.depthwise_impl, self.dtype,
-                  name=f'stages_{i}_blocks_{j}')(x, train)
+        x = block(self.kernel_size, self.layer_scale, self.grn, rate, self.depthwise_impl, self.dtype, names[index],
+                  self.mixer_options, self.attn_impl, name=f'stages_{i}_blocks_{j}')(x, train)
         index += 1
 
     x = layers.layer_norm(EPS, dtype=self.dtype, name='head_norm')(x.mean(axis=(1, 2)))

@@ -6,9 +6,10 @@ y int labels `[batch]` (`num_classes` is the null label of classifier-free guida
 
 The fixed sin-cos position embedding is the variable `constants/pos_embed` `[1, tokens, hidden]` (not trained; the
 official checkpoints carry it and count it among the parameters). The token mixer and the MLP of each block are
-chosen by name (`mixer`, `mlp`) from `MIXERS` and `MLPS`; `register_mixer` / `register_mlp` add more.
+chosen by name (`mixer`, `mixer_overrides`, `mixer_options`, `mlp`, default the official tanh-GELU `mlp_tanh`) from
+the shared registry `models/mixers.py`; `parallel_blocks` pairs blocks as ViT's (see `vit.Block`).
 """
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import layers, mixers
+from vision_models.models.mixer_ops import SwiGLU  # noqa: F401  (its home was here)
 from vision_models.models.registry import register
 
 VARIANTS = {  # hidden, depth, heads (official `DiT_models`)
@@ -53,48 +55,11 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class SwiGLU(nn.Module):
-  """Gated MLP (Shazeer 2020): fc2(silu(fc1_gate(x)) · fc1(x)); an MLP variant for DiT ablations."""
-  hidden_dim: int
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    gate = layers.dense(self.hidden_dim, dtype=self.dtype, name='fc1_gate')(x)
-    hidden = layers.dense(self.hidden_dim, dtype=self.dtype, name='fc1')(x)
-    return layers.dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, name='fc2')(nn.silu(gate) * hidden)
-
-
-# Factories get keyword arguments `dim, num_heads, mlp_ratio, grid (h, w), attn_impl, dtype, name` and return a
-# module called as `module(tokens [batch, h*w, dim], train=train)`.
-Factory = Callable[..., nn.Module]
-MIXERS: dict[str, Factory] = {
-    # qkv init: xavier_uniform of the fused (3·dim, dim) matrix, as the official `_basic_init`.
-    'attention': lambda *, num_heads, attn_impl, dtype, name, **_: layers.Attention(
-        num_heads, impl=attn_impl, dtype=dtype, name=name,
-        qkv_init=nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))),
-}
-MLPS: dict[str, Factory] = {
-    'mlp': lambda *, dim, mlp_ratio, dtype, name, **_: layers.Mlp(int(dim * mlp_ratio), act=nn.gelu, dtype=dtype,
-                                                                  name=name),  # tanh GELU, as DiT.
-    'swiglu': lambda *, dim, mlp_ratio, dtype, name, **_: SwiGLU(int(dim * mlp_ratio * 2 / 3), dtype=dtype,
-                                                                 name=name),
-}
-
-
-def register_mixer(name: str, factory: Factory) -> None:
-  """Makes `mixer=name` available to DiT blocks (e.g. blockwise attention, a gated long convolution)."""
-  MIXERS[name] = factory
-
-
-def register_mlp(name: str, factory: Factory) -> None:
-  MLPS[name] = factory
-
-
-def _pick(table: dict[str, Factory], name: str, field: str) -> Factory:
-  if name not in table:
-    raise ConfigError(f'unknown DiT {field} {name!r} (config.model.{field}); choose one of {", ".join(table)}')
-  return table[name]
+# One registry for every family (models/mixers.py); these names stay for code written against DiT's own tables.
+MIXERS, MLPS = mixers.TOKEN_MIXERS, mixers.CHANNEL_MIXERS
+register_mixer, register_mlp = mixers.register_token_mixer, mixers.register_channel_mixer
+# qkv init: xavier_uniform of the fused (3·dim, dim) matrix, as the official `_basic_init`.
+QKV_INIT = nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))
 
 
 def _zero_dense(features: int, axes: tuple[str | None, str | None], dtype: Any, name: str) -> nn.Dense:
@@ -102,28 +67,38 @@ def _zero_dense(features: int, axes: tuple[str | None, str | None], dtype: Any, 
 
 
 class DiTBlock(nn.Module):
-  """adaLN-Zero block: x += gate · mixer(modulate(LN(x))), then the same with the MLP; the modulation starts at 0."""
+  """adaLN-Zero block: x += gate · mixer(modulate(LN(x))), then the same with the MLP; the modulation starts at 0.
+
+  Several `mixers` make a parallel block (Touvron et al. 2022): each branch has its own modulation, mixer and MLP
+  (suffixed `_0`, `_1`, ...) and the branches' gated outputs add up."""
   num_heads: int
   mlp_ratio: float
   grid: tuple[int, int]
-  mixer: str = 'attention'
-  mlp: str = 'mlp'
+  mixers: Sequence[str] = ('attention',)
+  mlp: str = 'mlp_tanh'
   attn_impl: str = 'xla'
   dtype: Any = None
+  mixer_options: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array, train: bool = False) -> jax.Array:
     dim = x.shape[-1]
-    mod = _zero_dense(6 * dim, ('embed', 'mlp'), self.dtype, 'adaLN_modulation')(nn.silu(c))
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-    kwargs = dict(dim=dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, grid=self.grid,
-                  attn_impl=self.attn_impl, dtype=self.dtype)
-    norm = lambda: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=self.dtype)
-    y = _pick(MIXERS, self.mixer, 'mixer')(name='mixer', **kwargs)(
-        modulate(norm()(x), shift_msa, scale_msa), train=train)
-    x = x + gate_msa[:, None] * y
-    y = _pick(MLPS, self.mlp, 'mlp')(name='mlp', **kwargs)(modulate(norm()(x), shift_mlp, scale_mlp), train=train)
-    x = x + gate_mlp[:, None] * y
+    suffixes = [''] if len(self.mixers) == 1 else [f'_{b}' for b in range(len(self.mixers))]
+    mods = [jnp.split(_zero_dense(6 * dim, ('embed', 'mlp'), self.dtype, f'adaLN_modulation{s}')(nn.silu(c)), 6, -1)
+            for s in suffixes]
+    options = lambda name: mixers.select_options(  # noqa: E731
+        name, {'qkv_init': QKV_INIT, **dict(self.mixer_options or {})})
+    norm = lambda: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=self.dtype)  # noqa: E731
+    h = norm()(x)
+    x = x + sum(gate[:, None] * mixers.token_mixer(
+        name, dim=dim, num_heads=self.num_heads, grid=self.grid, prefix=0, impl=self.attn_impl, dtype=self.dtype,
+        module_name=f'mixer{s}', **options(name))(modulate(h, shift, scale), train=train)
+        for s, name, (shift, scale, gate, *_) in zip(suffixes, self.mixers, mods))
+    h = norm()(x)
+    x = x + sum(gate[:, None] * mixers.channel_mixer(
+        self.mlp, dim=dim, hidden_dim=int(dim * self.mlp_ratio), dtype=self.dtype, module_name=f'mlp{s}',
+        **options(self.mlp))(modulate(h, shift, scale), train=train)
+        for s, (*_, shift, scale, gate) in zip(suffixes, mods))
     return layers.constrain(x, ('batch', 'length', 'act_embed'))
 
 
@@ -140,7 +115,10 @@ class DiT(nn.Module):
   class_dropout_prob: float = 0.1
   learn_sigma: bool = True
   mixer: str = 'attention'
-  mlp: str = 'mlp'
+  mixer_overrides: Any = None
+  mixer_options: Any = None
+  mlp: str = 'mlp_tanh'
+  parallel_blocks: bool = False
   attn_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
@@ -182,10 +160,15 @@ class DiT(nn.Module):
                      embedding_init=layers.with_axes(nn.initializers.normal(0.02), ('classes', 'embed')))(y)
     c = t_emb + y_emb
 
+    names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, self.depth) for i in range(self.depth)]
+    mixers.check_options([*names, self.mlp], self.mixer_options)
+    if self.parallel_blocks and self.depth % 2:
+      raise ConfigError(f'parallel_blocks pairs the blocks: DiT depth {self.depth} must be even')
+    width = 2 if self.parallel_blocks else 1
     block = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
-    for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_ratio, (gh, gw), self.mixer, self.mlp, self.attn_impl, self.dtype,
-                name=f'blocks_{i}')(x, c, train)
+    for i in range(self.depth // width):
+      x = block(self.num_heads, self.mlp_ratio, (gh, gw), tuple(names[i * width:(i + 1) * width]), self.mlp,
+                self.attn_impl, self.dtype, self.mixer_options, name=f'blocks_{i}')(x, c, train)
 
     shift, scale = jnp.split(_zero_dense(2 * d, ('embed', 'mlp'), self.dtype, 'final_adaLN_modulation')(nn.silu(c)),
                              2, axis=-1)

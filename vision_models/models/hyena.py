@@ -15,7 +15,8 @@ tokens have no grid position: their long-convolution output is the mean of v ove
 
 `impl` picks the convolution: `pallas` (the fused Monarch FFT kernel), `xla` (`jnp.fft`), `direct`
 (`lax.conv_general_dilated`); attention names map over (`cudnn` → xla, `auto` → pallas on GPU/TPU, else xla), so a
-model's `attn_impl` can be passed straight through.
+model's `attn_impl` can be passed straight through. Models build them by name (`hyena`, `hyena2d`) through
+`models/mixers.py`.
 """
 import functools
 from typing import Any, Callable
@@ -29,7 +30,6 @@ from vision_models import kernels
 from vision_models.errors import ConfigError
 from vision_models.models import layers
 
-MIXERS = ('attention', 'hyena', 'hyena2d')
 DECAY = (0.3, 1.5, 1e-2)  # fast_decay_pct, slow_decay_pct, target (safari's ExponentialModulation)
 
 
@@ -214,12 +214,3 @@ def _short_conv2d(z: jax.Array, kernel: jax.Array, split: Callable) -> jax.Array
             for p in range(k) for q in range(k))
   return _join(front, out)
 
-
-def make_mixer(kind: str, *, impl: str = 'xla', dropout: float = 0.0, dtype: Any = None,
-               name: str | None = None) -> nn.Module:
-  """The token mixer named by a model's `mixer` field (other than 'attention', which the model builds itself)."""
-  if kind == 'hyena':
-    return HyenaMixer(impl=impl, dropout=dropout, dtype=dtype, name=name)
-  if kind == 'hyena2d':
-    return HyenaMixer2D(impl=impl, dropout=dropout, dtype=dtype, name=name)
-  raise ConfigError(f'unknown token mixer {kind!r}; choose one of {", ".join(MIXERS)}')

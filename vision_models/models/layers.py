@@ -115,12 +115,16 @@ class Attention(nn.Module):
     qkv_init = self.qkv_init or nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0,
                                                                  out_axis=(1, 2))
     q, k, v = proj('query'), proj('key'), proj('value')
-    out = kernels.attention(q, k, v, bias=bias, impl=self.impl)
+    out = self.attend(q, k, v, bias)
     out = constrain(out, ('batch', 'length', 'act_heads', None))
     w_out = param('out_kernel', (self.num_heads, head_dim, dim), ('heads', 'kv', 'embed'),
                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1), out_axis=2))
     out = jnp.einsum('...hk,hkd->...d', out, w_out) + param('out_bias', (dim,), ('embed',), nn.initializers.zeros)
     return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """q, k, v `[batch, length, heads, head_dim]` → the mixed values; subclasses restrict who sees whom."""
+    return kernels.attention(q, k, v, bias=bias, impl=self.impl)
 
 
 DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'pallas')

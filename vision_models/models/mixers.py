@@ -11,13 +11,22 @@ operators; `token_mixer` / `channel_mixer` build them by name.
 Per-layer placement: a model's `mixer` names the default token mixer and `mixer_overrides` maps global block ranges
 `'a:b'` (half-open, like Python slices; `'a'` for one block; negative indices count from the end) to other mixer
 names, e.g. `{'6:12': 'hyena2d'}`. `mixer_for_layer` resolves one block's mixer and validates the table.
+
+Options (`mixer_options`): a flat key goes to every mixer of the model whose factory names it (`kernel_size` reaches
+`dwconv` and `sepconv`, not `attention`); a key that is a mixer's name holds options for that mixer only, e.g.
+`{'window_attention': {'window': 4}}`. `select_options` does that split and `check_options` rejects keys no mixer
+of the model takes. Prefix tokens: see `mixer_ops` (local attention: global for them; conv/pool: the grid mean).
+
+Registered token mixers: attention, identity, window_attention, grid_attention, linear_attention, pooling, dwconv,
+inception_dwconv, sepconv, gated_conv, hyena, hyena2d. Channel mixers: mlp (exact GELU), mlp_tanh, swiglu.
 """
-from typing import Any, Callable, Mapping
+import inspect
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import hyena, layers, mixer_ops as ops
 
 Factory = Callable[..., nn.Module]
 TOKEN_MIXERS: dict[str, Factory] = {}
@@ -83,7 +92,110 @@ def mixer_for_layer(default: str, overrides: Mapping[str, str] | None, index: in
   return chosen[0][1] if chosen else default
 
 
-register_token_mixer('attention', lambda *, num_heads, impl, dtype, name, qkv_bias=True, **_: layers.Attention(
-    num_heads, qkv_bias=qkv_bias, impl=impl, dtype=dtype, name=name))
-register_channel_mixer('mlp', lambda *, hidden_dim, dtype, name, act=layers.gelu, **_: layers.Mlp(
-    hidden_dim, act=act, dtype=dtype, name=name))
+STANDARD = ('dim', 'num_heads', 'hidden_dim', 'grid', 'prefix', 'impl', 'dtype', 'name')
+
+
+def _named_options(factory: Factory) -> set[str]:
+  """The keyword arguments a factory names (its options); `**kwargs` catch-alls don't count."""
+  kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+  return {p.name for p in inspect.signature(factory).parameters.values() if p.kind in kinds} - set(STANDARD)
+
+
+def _table(name: str) -> dict[str, Factory]:
+  return TOKEN_MIXERS if name in TOKEN_MIXERS else CHANNEL_MIXERS
+
+
+def select_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The options mixer `name` gets from a model's `mixer_options`: the flat keys its factory names, then the
+  entries under its own name (all of them: a wrong one is a ConfigError when the mixer is built)."""
+  options = dict(options or {})
+  table = _table(name)
+  named = _named_options(table[name]) if name in table else set()
+  chosen = {k: v for k, v in options.items() if k in named and k not in TOKEN_MIXERS and k not in CHANNEL_MIXERS}
+  own = options.get(name) or {}
+  for key in own:
+    if key not in named:
+      raise ConfigError(f'mixer_options[{name!r}] has {key!r}, which mixer {name!r} does not take; it takes '
+                        f'{", ".join(sorted(named)) or "no options"}')
+  return {**chosen, **dict(own.items())}
+
+
+def check_options(names: Iterable[str], options: Mapping[str, Any] | None) -> None:
+  """Rejects `mixer_options` keys that no mixer in `names` (the model's mixers) takes."""
+  names = set(names)
+  taken = set().union(*(_named_options(_table(n)[n]) for n in names if n in _table(n)))
+  for key in options or {}:  # Options under a mixer's name may wait for a run that uses it (operator studies).
+    if key not in TOKEN_MIXERS and key not in CHANNEL_MIXERS and key not in taken:
+      raise ConfigError(f'mixer_options key {key!r} is taken by none of this model\'s mixers '
+                        f'({", ".join(sorted(names))}); they take {", ".join(sorted(taken)) or "no options"}')
+
+
+def parallel_from_sequential(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Maps a sequential model's params into the `parallel_blocks=True` layout: blocks 2i and 2i+1 become the branches
+  0 and 1 of parallel block i (each of their entries `k` becomes `k_0` / `k_1`); other entries stay."""
+  depth = sum(k.startswith('blocks_') for k in params)
+  if depth % 2:
+    raise ConfigError(f'parallel blocks pair the blocks: a depth of {depth} is odd')
+  out = {k: v for k, v in params.items() if not k.startswith('blocks_')}
+  for i in range(depth // 2):
+    out[f'blocks_{i}'] = {f'{k}_{b}': v for b in (0, 1) for k, v in params[f'blocks_{2 * i + b}'].items()}
+  return out
+
+
+def _attention(cls=layers.Attention, **fixed):
+  def factory(*, num_heads, impl, dtype, name, qkv_bias=True, dropout=0.0, qkv_init=None, **_):
+    return cls(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype, qkv_init=qkv_init, name=name,
+               **fixed)
+  return factory
+
+
+def _local(dilated: bool):
+  def factory(*, num_heads, grid, prefix, impl, dtype, name, window=7, qkv_bias=True, dropout=0.0, qkv_init=None,
+              **_):
+    return ops.LocalAttention(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype,
+                              qkv_init=qkv_init, grid=grid, prefix=prefix, window=window, dilated=dilated, name=name)
+  return factory
+
+
+def _hyena(two_d: bool):
+  def factory(*, grid, impl, dtype, name, order=2, filter_width=64, emb_dim=33, short_kernel=3, dropout=0.0, **_):
+    opts = dict(order=order, filter_width=filter_width, emb_dim=emb_dim, short_kernel=short_kernel, impl=impl,
+                dropout=dropout, dtype=dtype, name=name)
+    return hyena.HyenaMixer2D(grid=grid, **opts) if two_d else hyena.HyenaMixer(**opts)
+  return factory
+
+
+def _conv(conv_impl: str | None, impl: str) -> str:
+  """Conv mixers: the `conv_impl` option (ConvNeXt passes its `depthwise_impl`), else the model's `impl`."""
+  return conv_impl or ops.default_conv_impl(impl)
+
+
+register_token_mixer('attention', _attention())
+register_token_mixer('identity', lambda *, name, **_: ops.Identity(name=name))
+register_token_mixer('window_attention', _local(dilated=False))
+register_token_mixer('grid_attention', _local(dilated=True))
+register_token_mixer('linear_attention', _attention(ops.LinearAttention))
+register_token_mixer('pooling', lambda *, grid, prefix, name, pool_size=3, **_: ops.Pooling(
+    grid, prefix, pool_size, name=name))
+register_token_mixer('dwconv', lambda *, grid, prefix, impl, dtype, name, kernel_size=7, use_bias=True,
+                     conv_impl=None, **_: ops.DWConv(grid, prefix, kernel_size, use_bias, _conv(conv_impl, impl),
+                                                     dtype=dtype, name=name))
+register_token_mixer('inception_dwconv', lambda *, grid, prefix, impl, dtype, name, square_kernel_size=3,
+                     band_kernel_size=11, branch_ratio=0.125, conv_impl=None, **_: ops.InceptionDWConv(
+                         grid, prefix, square_kernel_size, band_kernel_size, branch_ratio, _conv(conv_impl, impl),
+                         dtype, name=name))
+register_token_mixer('sepconv', lambda *, grid, prefix, impl, dtype, name, expansion_ratio=2.0, kernel_size=7,
+                     conv_impl=None, **_: ops.SepConv(grid, prefix, expansion_ratio, kernel_size,
+                                                      _conv(conv_impl, impl), dtype, name=name))
+register_token_mixer('gated_conv', lambda *, grid, prefix, impl, dtype, name, kernel_size=7, conv_impl=None, **_:
+                     ops.GatedConv(grid, prefix, kernel_size, _conv(conv_impl, impl), dtype, name=name))
+register_token_mixer('hyena', _hyena(two_d=False))
+register_token_mixer('hyena2d', _hyena(two_d=True))
+
+register_channel_mixer('mlp', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: layers.Mlp(
+    hidden_dim, act=layers.gelu, dropout=dropout, dtype=dtype, name=name))
+register_channel_mixer('mlp_tanh', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: layers.Mlp(
+    hidden_dim, act=layers.gelu_tanh, dropout=dropout, dtype=dtype, name=name))
+# 2/3 of the MLP's hidden width: the same parameter count as the plain MLP (three matrices instead of two).
+register_channel_mixer('swiglu', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: ops.SwiGLU(
+    int(hidden_dim * 2 / 3), dropout, dtype, name=name))

@@ -3,13 +3,15 @@
 Module names follow timm's state dict (`patch_embed`, `cls_token`, `pos_embed`, `blocks_N.{norm1,attn,norm2,mlp}`,
 `norm`, `fc_norm`, `head`) so weight conversion stays a rename plus transposes.
 """
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_models.models import hyena, layers
+from vision_models.errors import ConfigError
+from vision_models.models import layers, mixers
+from vision_models.models.mixers import parallel_from_sequential  # noqa: F401  (ViT's checkpoint mapping)
 from vision_models.models.registry import register
 
 VARIANTS = {  # width, depth, heads, mlp_dim (vit_jax/configs/models.py)
@@ -23,7 +25,12 @@ PATCHES = (32, 16, 14, 8)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + DropPath(LS(Attn(LN(x)))), then the same with the MLP."""
+  """Pre-norm transformer block: x + DropPath(LS(Mixer(LN(x)))), then the same with the MLP.
+
+  The token mixer comes from `models/mixers.py` by name (attention under `attn`, any other under `mixer`). Several
+  `mixers` make a parallel block (Touvron et al. 2022): x + Σ_b mixer_b(LN_b(x)), then x + Σ_b mlp_b(LN_b(x)), each
+  branch with its own norms, mixer, MLP and layer scales, suffixed `_0`, `_1`, ...
+  """
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -31,23 +38,36 @@ class Block(nn.Module):
   layer_scale: float | None = None
   attn_impl: str = 'xla'
   dtype: Any = None
-  mixer: str = 'attention'  # or 'hyena' / 'hyena2d' (models/hyena.py; attn_impl picks its convolution kernel)
+  mixers: Sequence[str] = ('attention',)
+  mlp: str = 'mlp'
+  mixer_options: Any = None
+  grid: tuple[int, int] | None = None
+  prefix: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    dim = x.shape[-1]
     scale = (lambda name: layers.LayerScale(self.layer_scale, name=name)) if self.layer_scale else (
         lambda name: (lambda y: y))
-    y = layers.layer_norm(dtype=self.dtype, name='norm1')(x)
-    if self.mixer == 'attention':
-      y = layers.Attention(self.num_heads, dropout=self.dropout, impl=self.attn_impl, dtype=self.dtype,
-                           name='attn')(y, train=train)
-    else:
-      y = hyena.make_mixer(self.mixer, impl=self.attn_impl, dropout=self.dropout, dtype=self.dtype, name='mixer')(
+    suffixes = [''] if len(self.mixers) == 1 else [f'_{b}' for b in range(len(self.mixers))]
+    options = lambda name: mixers.select_options(  # noqa: E731
+        name, {'dropout': self.dropout, **dict(self.mixer_options or {})})
+    branches = []
+    for s, name in zip(suffixes, self.mixers):
+      y = layers.layer_norm(dtype=self.dtype, name=f'norm1{s}')(x)
+      y = mixers.token_mixer(name, dim=dim, num_heads=self.num_heads, grid=self.grid, prefix=self.prefix,
+                             impl=self.attn_impl, dtype=self.dtype,
+                             module_name=('attn' if name == 'attention' else 'mixer') + s, **options(name))(
           y, train=train)
-    x = x + layers.DropPath(self.drop_path)(scale('ls1')(y), train)
-    y = layers.layer_norm(dtype=self.dtype, name='norm2')(x)
-    y = layers.Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name='mlp')(y, train)
-    x = x + layers.DropPath(self.drop_path)(scale('ls2')(y), train)
+      branches.append(layers.DropPath(self.drop_path)(scale(f'ls1{s}')(y), train))
+    x = x + sum(branches)
+    branches = []
+    for s in suffixes:
+      y = layers.layer_norm(dtype=self.dtype, name=f'norm2{s}')(x)
+      y = mixers.channel_mixer(self.mlp, dim=dim, hidden_dim=self.mlp_dim, dtype=self.dtype, module_name=f'mlp{s}',
+                               **options(self.mlp))(y, train=train)
+      branches.append(layers.DropPath(self.drop_path)(scale(f'ls2{s}')(y), train))
+    x = x + sum(branches)
     return layers.constrain(x, ('batch', 'length', 'act_embed'))
 
 
@@ -60,7 +80,10 @@ class ViT(nn.Module):
   big_vision). `distilled` adds DeiT's distillation token and `head_dist`; the output averages both heads (timm).
   `num_classes=0` returns the pooled features. `remat` recomputes each block in the backward pass
   (True, or a `jax.checkpoint_policies` name).
-  `mixer='hyena'` / `'hyena2d'` replaces attention by a Hyena gated long convolution (models/hyena.py).
+  `mixer` names every block's token mixer (`models/mixers.py`: 'attention', 'hyena2d', 'pooling', ...),
+  `mixer_overrides` other mixers for block ranges (`{'6:12': 'hyena2d'}`), `mixer_options` their options; `mlp` names
+  the channel mixer. `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
+  parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential blocks.
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -80,6 +103,10 @@ class ViT(nn.Module):
   remat: bool | str = False
   dtype: Any = None
   mixer: str = 'attention'
+  mixer_overrides: Any = None
+  mixer_options: Any = None
+  mlp: str = 'mlp'
+  parallel_blocks: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -117,11 +144,18 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = layers.constrain(x, ('batch', 'length', 'act_embed'))
 
+    names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, self.depth) for i in range(self.depth)]
+    mixers.check_options([*names, self.mlp], self.mixer_options)
+    if self.parallel_blocks and self.depth % 2:
+      raise ConfigError(f'parallel_blocks pairs the blocks: depth {self.depth} must be even')
+    width = 2 if self.parallel_blocks else 1
+    count = self.depth // width
     block = layers.remat(Block, self.remat, static_argnums=(2,))
-    for i in range(self.depth):
-      rate = self.drop_path * i / max(self.depth - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
+    for i in range(count):
+      rate = self.drop_path * i / max(count - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
       x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
-                mixer=self.mixer, name=f'blocks_{i}')(x, train)
+                tuple(names[i * width:(i + 1) * width]), self.mlp, self.mixer_options, (h, w), len(tokens),
+                name=f'blocks_{i}')(x, train)
 
     head = lambda name: layers.dense(self.num_classes, ('embed', 'classes'),  # noqa: E731
                                      kernel_init=nn.initializers.zeros, dtype=self.dtype, name=name)
