@@ -85,7 +85,8 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     b, h, w, c = x.shape
     mixer = mixers.token_mixer(self.mixer, dim=c, num_heads=max(c // self.head_dim, 1), grid=(h, w),
-                               impl=self.attn_impl, dtype=self.dtype, module_name='token_mixer', **self.mixer_options)
+                               impl=self.attn_impl, dtype=self.dtype, module_name='token_mixer',
+                               **mixers.select_options(self.mixer, self.mixer_options))
     y = mixer(x.reshape(b, h * w, c), train=train).reshape(b, h, w, c)
     y = batch_norm(train, self.dtype, name='norm')(y)
     y = Mlp(int(self.mlp_ratio * c), 'gelu', use_bias=True, dtype=self.dtype, name='mlp')(y, train)

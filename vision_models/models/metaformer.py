@@ -9,7 +9,7 @@ squared ReLU → LayerNorm → Dense) of the v2 baselines.
 Token mixers come from `vision_models.models.mixers` by name; the timm-exact ones are registered here as
 `metaformer_pooling` (avg pool 3×3 minus the input), `metaformer_sepconv` (1×1 → StarReLU → 7×7 depthwise → 1×1) and
 `metaformer_attention` (32-wide heads, no biases). `mixer` is one name or one per stage; `mixer_overrides` ({'a:b':
-name}, global block indices) puts any registered mixer in any block, `mixer_options` go to every mixer (each takes
+name}, global block indices) puts any registered mixer in any block, `mixer_options` reach every mixer (each takes
 the options it names, e.g. `conv_impl='shift'`, fast depthwise convs on CPUs). Module names follow timm's state dict
 (`stem_conv`, `stages_i_downsample_{norm,conv}`, `stages_i_blocks_j/{norm1,token_mixer,...}`, `head_norm`, `head_fc`).
 """
@@ -188,7 +188,8 @@ class Block(nn.Module):
     b, h, w, c = x.shape
     norm = lambda name: norm_layer(self.norm, self.norm_bias, self.norm_eps, self.dtype, name)  # noqa: E731
     mixer = mixers.token_mixer(self.mixer, dim=c, num_heads=max(c // self.head_dim, 1), grid=(h, w),
-                               impl=self.attn_impl, dtype=self.dtype, module_name='token_mixer', **self.mixer_options)
+                               impl=self.attn_impl, dtype=self.dtype, module_name='token_mixer',
+                               **mixers.select_options(self.mixer, self.mixer_options))
     y = mixer(norm('norm1')(x).reshape(b, h * w, c), train=train).reshape(b, h, w, c)
     x = self.residual(x, y, 1, train)
     y = Mlp(4 * c, self.mlp_act, self.mlp_bias, dtype=self.dtype, name='mlp')(norm('norm2')(x), train)
