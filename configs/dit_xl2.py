@@ -26,7 +26,8 @@ def get_config(arg=None):
                 feature='latent', shuffle_buffer=50_000, pp_train='keep("latent", "label")')
   c.diffusion = dict(num_timesteps=1000)
   c.batch_size = 256
-  c.total_steps = 7_000_000  # 1400 epochs of 5,004 steps (700 passes over the mirrored latents); the paper's ablations stop at 400K.
+  # 1400 epochs of 5,004 steps (700 passes over the mirrored latents); the paper's ablations stop at 400K.
+  c.total_steps = 7_000_000
   c.optimizer = dict(name='adamw', learning_rate=1e-4, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                      warmup_steps=0, schedule='constant')
   c.ema_decay = 0.9999

@@ -245,16 +245,16 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
 
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest checkpoint's EMA
-  weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`), `DIR/samples.png` and `DIR/eval.json`."""
+  """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest good checkpoint's
+  EMA weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`),
+  `DIR/samples.png` and `DIR/eval.json`."""
   s = build(config, workdir)
   ckpt = _checkpointer(config, workdir)
-  step = ckpt.latest_step()
+  step, state = ckpt.restore_latest_good(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
+  ckpt.close()
   if step is None:
     raise ConfigError(f'no checkpoint in {ckpt.directory}; train first: python train.py --config=... '
                       f'--workdir={workdir}')
-  state = ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings), step)
-  ckpt.close()
   cfg = config.sample
   labels = np.arange(cfg.num_samples) % s.dataset.num_classes
   params = state.ema_params if cfg.get('use_ema', True) else state.params

@@ -70,8 +70,8 @@ class SwiGLU(nn.Module):
 Factory = Callable[..., nn.Module]
 MIXERS: dict[str, Factory] = {
     # qkv init: xavier_uniform of the fused (3·dim, dim) matrix, as the official `_basic_init`.
-    'attention': lambda *, num_heads, attn_impl, dtype, name, **_: layers.Attention(
-        num_heads, impl=attn_impl, dtype=dtype, name=name,
+    'attention': lambda *, num_heads, attn_impl, dtype, name, qk_norm=None, **_: layers.Attention(
+        num_heads, impl=attn_impl, dtype=dtype, name=name, qk_norm=qk_norm,
         qkv_init=nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))),
 }
 MLPS: dict[str, Factory] = {
@@ -102,7 +102,10 @@ def _zero_dense(features: int, axes: tuple[str | None, str | None], dtype: Any, 
 
 
 class DiTBlock(nn.Module):
-  """adaLN-Zero block: x += gate · mixer(modulate(LN(x))), then the same with the MLP; the modulation starts at 0."""
+  """adaLN-Zero block: x += gate · mixer(modulate(LN(x))), then the same with the MLP; the modulation starts at 0.
+
+  With `adaln_lora_rank` set, the modulation is `shared_mod` (computed once by DiT) plus this block's low-rank
+  update up(down(silu(c))) (`adaLN_lora_down [hidden, r]`, `adaLN_lora_up [r, 6·hidden]`, zero-initialised)."""
   num_heads: int
   mlp_ratio: float
   grid: tuple[int, int]
@@ -110,14 +113,25 @@ class DiTBlock(nn.Module):
   mlp: str = 'mlp'
   attn_impl: str = 'xla'
   dtype: Any = None
+  qk_norm: str | None = None
+  adaln_lora_rank: int | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, c: jax.Array, train: bool = False,
+               shared_mod: jax.Array | None = None) -> jax.Array:
     dim = x.shape[-1]
-    mod = _zero_dense(6 * dim, ('embed', 'mlp'), self.dtype, 'adaLN_modulation')(nn.silu(c))
+    if self.adaln_lora_rank is None:
+      mod = _zero_dense(6 * dim, ('embed', 'mlp'), self.dtype, 'adaLN_modulation')(nn.silu(c))
+    else:
+      mod = shared_mod
+      if self.adaln_lora_rank:
+        down = layers.dense(self.adaln_lora_rank, ('embed', None), use_bias=False, dtype=self.dtype,
+                            name='adaLN_lora_down')(nn.silu(c))
+        mod = mod + layers.dense(6 * dim, (None, 'mlp'), use_bias=False, kernel_init=nn.initializers.zeros,
+                                 dtype=self.dtype, name='adaLN_lora_up')(down)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     kwargs = dict(dim=dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, grid=self.grid,
-                  attn_impl=self.attn_impl, dtype=self.dtype)
+                  attn_impl=self.attn_impl, dtype=self.dtype, qk_norm=self.qk_norm)
     norm = lambda: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=self.dtype)
     y = _pick(MIXERS, self.mixer, 'mixer')(name='mixer', **kwargs)(
         modulate(norm()(x), shift_msa, scale_msa), train=train)
@@ -144,6 +158,10 @@ class DiT(nn.Module):
   attn_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
+  qk_norm: str | None = None  # 'layernorm' | 'rmsnorm' on each head's q and k (layers.Attention).
+  # AdaLN-LoRA: None is DiT's per-block adaLN; r ≥ 0 computes one shared modulation (`adaLN_modulation`, 6d² + 6d
+  # parameters) plus a rank-r update per block (7rd parameters each; 0: none).
+  adaln_lora_rank: int | None = None
 
   @property
   def out_channels(self) -> int:
@@ -182,10 +200,13 @@ class DiT(nn.Module):
                      embedding_init=layers.with_axes(nn.initializers.normal(0.02), ('classes', 'embed')))(y)
     c = t_emb + y_emb
 
+    shared_mod = None
+    if self.adaln_lora_rank is not None:
+      shared_mod = _zero_dense(6 * d, ('embed', 'mlp'), self.dtype, 'adaLN_modulation')(nn.silu(c))
     block = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, (gh, gw), self.mixer, self.mlp, self.attn_impl, self.dtype,
-                name=f'blocks_{i}')(x, c, train)
+                qk_norm=self.qk_norm, adaln_lora_rank=self.adaln_lora_rank, name=f'blocks_{i}')(x, c, train, shared_mod)
 
     shift, scale = jnp.split(_zero_dense(2 * d, ('embed', 'mlp'), self.dtype, 'final_adaLN_modulation')(nn.silu(c)),
                              2, axis=-1)

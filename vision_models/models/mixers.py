@@ -83,7 +83,7 @@ def mixer_for_layer(default: str, overrides: Mapping[str, str] | None, index: in
   return chosen[0][1] if chosen else default
 
 
-register_token_mixer('attention', lambda *, num_heads, impl, dtype, name, qkv_bias=True, **_: layers.Attention(
-    num_heads, qkv_bias=qkv_bias, impl=impl, dtype=dtype, name=name))
+register_token_mixer('attention', lambda *, num_heads, impl, dtype, name, qkv_bias=True, qk_norm=None, **_:
+                     layers.Attention(num_heads, qkv_bias=qkv_bias, impl=impl, dtype=dtype, name=name, qk_norm=qk_norm))
 register_channel_mixer('mlp', lambda *, hidden_dim, dtype, name, act=layers.gelu, **_: layers.Mlp(
     hidden_dim, act=act, dtype=dtype, name=name))
