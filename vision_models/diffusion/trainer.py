@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
@@ -121,6 +122,30 @@ class DiffusionTask(trainer_lib.Task):
 
   def evaluator(self):
     return None
+
+  def state_from_variables(self, variables: Any) -> train_step.DiffusionState:
+    def make(v):
+      v = dict(v)
+      params = v.pop('params')
+      return train_step.DiffusionState(jnp.zeros((), jnp.int32), params, self.s.tx.init(params), v, params)
+    return jax.jit(make, out_shardings=self.s.state_shardings)(variables)
+
+  def model_for(self, config: Any) -> nn.Module:
+    return models.create(config.model.name, **{'num_classes': self.s.dataset.num_classes,
+                                               'input_size': config.data.image_size,
+                                               'in_channels': config.data.get('channels', 3),
+                                               **setup_lib.model_kwargs(config)})
+
+  def model_inputs(self, batch: dict, rng: jax.Array) -> tuple:
+    """(x_t, model timesteps, labels) of the batch's examples noised at random times of the objective."""
+    x, y = batch['image'], batch['label']
+    t_rng, noise_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, x.shape, x.dtype)
+    if self.s.diffusion is None:
+      t = flow.timesteps(t_rng, x.shape[0])
+      return flow.interpolate(x, noise, t), flow.TIME_SCALE * t, y
+    t = jax.random.randint(t_rng, (x.shape[0],), 0, self.s.diffusion.num_timesteps)
+    return self.s.diffusion.q_sample(x, t, noise), self.s.diffusion.model_timesteps(t), y
 
 
 def train(config: Any, workdir: str) -> dict[str, Any]:

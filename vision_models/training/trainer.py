@@ -10,12 +10,13 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vision_models import data, parallel
+from vision_models import data, models, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import guards, optim, perf, setup as setup_lib, state as state_lib, steps
+from vision_models.training import graft as graft_lib, guards, optim, perf, setup as setup_lib, state as state_lib, steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -80,6 +81,22 @@ class Task:
 
   ema_decay: float | None = None  # An EMA kept in the state (`ema_params`) besides the optimizer's own.
 
+  def state_from_variables(self, variables: Any) -> Any:
+    """A step-0 state holding `variables` (a grafted start, `config.init_from`), laid out over the mesh."""
+    def make(v):
+      v = dict(v)
+      params = v.pop('params')
+      return state_lib.TrainState(jnp.zeros((), jnp.int32), params, self.s.tx.init(params), v)
+    return jax.jit(make, out_shardings=self.s.state_shardings)(variables)
+
+  def model_for(self, config: Any) -> Any:
+    """The model another config (of the same task and data) builds: the old model of a graft."""
+    return models.create(config.model.name, num_classes=self.s.dataset.num_classes, **setup_lib.model_kwargs(config))
+
+  def model_inputs(self, batch: dict, rng: jax.Array) -> tuple:
+    """The positional model inputs of a host batch (grafting initialises and distils on them)."""
+    return (batch['image'],)
+
   def batches(self, start: int) -> data.TrainBatches:
     cfg = self.config.data
     return data.TrainBatches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, self.s.per_host_batch,
@@ -117,6 +134,29 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   return run(_task(config, workdir), workdir)
 
 
+def initial_state(task: Task, rng: jax.Array) -> Any:
+  """A fresh state, or with `config.init_from` one started from another run's checkpoint: `{'workdir': DIR}` (or
+  `'checkpoint': DIR/checkpoints/STEP`), `'graft': True` to accept another architecture (matching variables copied,
+  the rest initialised; `graft.py`), `'distill_steps': N` to fit the new parameters to the old model's block outputs
+  on the first batch first (needs `'config'`, the old run's config file or config; `'distill_lr'`, default 1e-3)."""
+  init_from = task.config.get('init_from')
+  if not init_from:
+    return task.create_state(rng)
+  old_variables = graft_lib.load_variables(init_from)
+  inputs = task.model_inputs(next(task.batches(0)), rng)
+  steps_n = init_from.get('distill_steps', 0)
+  old_module = task.model_for(graft_lib.load_config(init_from['config'])) if init_from.get('config') else None
+  variables, report = graft_lib.graft(old_variables, task.s.model, inputs, rng, distill=steps_n, old_module=old_module,
+                                      learning_rate=init_from.get('distill_lr', 1e-3))
+  if not init_from.get('graft', False) and (report.created or report.replaced):
+    raise ConfigError(f'config.init_from: the checkpoint does not fit this model ({len(report.replaced)} variables '
+                      f'replaced, {len(report.created)} created, e.g. {(report.replaced + report.created)[0]}); set '
+                      "config.init_from.graft=True to graft, or use the model config it was trained with")
+  if jax.process_index() == 0:
+    print(report)
+  return task.state_from_variables(variables)
+
+
 def run(task: Task, workdir: str) -> dict[str, Any]:
   """The training loop of every task (see `train`)."""
   s, config = task.s, task.config
@@ -126,7 +166,7 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
   start, state = ckpt.restore_latest_good(task.abstract_state())
   writer = MetricWriter(workdir)
   if start is None:
-    state, start = task.create_state(init_rng), 0
+    state, start = initial_state(task, init_rng), 0
   elif is_main:
     print(f'Resuming from step {start} in {ckpt.directory}')
   writer.truncate_after(start)
