@@ -21,7 +21,11 @@ def vit(**kwargs):
 
 
 def init(model, inputs=IMAGES):
-  return nn.unbox(model.init(jax.random.key(0), *inputs, train=False))
+  return nn.unbox(jax.jit(lambda r: model.init(r, *inputs, train=False))(jax.random.key(0)))
+
+
+def apply(model, variables, inputs):
+  return jax.jit(lambda v: model.apply(v, *inputs))(variables)
 
 
 def test_report_of_a_toy_edit():
@@ -30,7 +34,7 @@ def test_report_of_a_toy_edit():
   variables, report = graft.graft(old, new_model, IMAGES, jax.random.key(3))
   attn = [f'params/blocks_{i}/attn/{n}' for i in range(2) for n in ATTN]
   assert sorted(report.replaced) == sorted(attn + ['params/head/kernel', 'params/head/bias'])
-  created = traverse_util.flatten_dict(init(new_model), sep='/')
+  created = traverse_util.flatten_dict(variables, sep='/')
   mixer = [p for p in created if '/mixer/' in p]
   assert mixer and all(p.startswith(('params/blocks_0/mixer/', 'params/blocks_1/mixer/')) for p in mixer)
   assert sorted(report.created) == sorted(mixer + ['params/head/kernel', 'params/head/bias'])
@@ -41,7 +45,8 @@ def test_report_of_a_toy_edit():
   counts = report.counts()
   assert counts['loaded'][1] + counts['created'][1] == models.param_count(created)
   assert counts['loaded'][1] + counts['replaced'][1] == models.param_count(old_flat)
-  assert counts['replaced'][0] == 18 and counts['created'][1] == models.param_count({p: created[p] for p in mixer}) + 16 * 7 + 7
+  assert counts['replaced'][0] == 18
+  assert counts['created'][1] == models.param_count({p: created[p] for p in mixer}) + 16 * 7 + 7  # + the new head.
   text = str(report)
   assert 'replaced: params/blocks_{0,1}/attn/query_kernel' in text and 'loaded' in text
 
@@ -51,28 +56,27 @@ def test_no_edit_reproduces_the_old_model_exactly():
   old = init(model)
   variables, report = graft.graft(old, model, IMAGES, jax.random.key(7))
   assert not report.replaced and not report.created
-  np.testing.assert_array_equal(model.apply(variables, *IMAGES), model.apply(old, *IMAGES))
+  np.testing.assert_array_equal(apply(model, variables, IMAGES), apply(model, old, IMAGES))
   dit = models.create('dit', input_size=8, in_channels=1, patch_size=2, hidden_size=16, depth=2, num_heads=2,
                       num_classes=3)
   inputs = (jnp.ones((2, 8, 8, 1)), jnp.array([10.0, 900.0]), jnp.array([0, 2]))
   old = jax.tree.map(lambda x: x + 0.01, init(dit, inputs))  # Non-zero adaLN, so the output depends on everything.
   variables, report = graft.graft(old, dit, inputs, jax.random.key(7))
   assert not report.created and 'constants/pos_embed' in report.loaded
-  np.testing.assert_array_equal(dit.apply(variables, *inputs), dit.apply(old, *inputs))
+  np.testing.assert_array_equal(apply(dit, variables, inputs), apply(dit, old, inputs))
 
 
 def test_distillation_fits_only_the_new_mixers_to_the_old_block_outputs():
-  old_model, new_model = vit(), vit(mixer='hyena2d')
+  old_model, new_model = vit(depth=1), vit(depth=1, mixer='hyena2d')
   old = init(old_model)
-  images = (jax.random.normal(jax.random.key(5), (16, 16, 16, 3)),)
+  images = (jax.random.normal(jax.random.key(5), (8, 16, 16, 3)),)
   start, _ = graft.graft(old, new_model, images, jax.random.key(3))
-  fitted, report = graft.graft(old, new_model, images, jax.random.key(3), distill=40, old_module=old_model,
-                               learning_rate=3e-3)
+  fitted, report = graft.graft(old, new_model, images, jax.random.key(3), distill=30, old_module=old_model,
+                               learning_rate=1e-2)
   before, after = report.distill_mse
-  assert after < 0.5 * before, report.distill_mse
-  mse = lambda v: np.mean([np.mean((a - b) ** 2) for a, b in zip(
-      graft.block_outputs(new_model, v, images, {'train': False}).values(),
-      graft.block_outputs(old_model, old, images, {'train': False}).values())])
+  assert after < 0.7 * before, report.distill_mse
+  outputs = lambda model, v: jax.jit(lambda v: graft.block_outputs(model, v, images, {'train': False}))(v)
+  mse = lambda v: float(np.mean((outputs(new_model, v)['blocks_0'] - outputs(old_model, old)['blocks_0']) ** 2))
   assert mse(fitted) == pytest.approx(after, rel=1e-4) and mse(start) == pytest.approx(before, rel=1e-4)
   flat_start, flat_fit = (traverse_util.flatten_dict(v, sep='/') for v in (start, fitted))
   moved = {p for p in flat_start if not np.array_equal(flat_start[p], flat_fit[p])}

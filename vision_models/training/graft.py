@@ -94,7 +94,8 @@ def graft(old_variables: Any, new_module: nn.Module, sample_inputs: tuple, rng: 
   loaded = [p for p, v in fresh.items() if p in old and np.shape(old[p]) == np.shape(v)]
   loaded_set = set(loaded)
   report = GraftReport(
-      loaded=loaded, replaced=[p for p in old if p not in loaded_set], created=[p for p in fresh if p not in loaded_set],
+      loaded=loaded, replaced=[p for p in old if p not in loaded_set],
+      created=[p for p in fresh if p not in loaded_set],
       sizes={**{p: int(np.size(v)) for p, v in fresh.items()}, **{f'old:{p}': int(np.size(v)) for p, v in old.items()}})
   merged = {p: jnp.asarray(old[p], v.dtype) if p in loaded_set else v for p, v in fresh.items()}
   variables = traverse_util.unflatten_dict(merged, sep='/')
@@ -108,7 +109,7 @@ def graft(old_variables: Any, new_module: nn.Module, sample_inputs: tuple, rng: 
 
 def _distill(variables, created, old_module, old_variables, new_module, sample_inputs, steps, learning_rate,
              apply_kwargs):
-  targets = block_outputs(old_module, nn.unbox(dict(old_variables)), sample_inputs, apply_kwargs)
+  targets = jax.jit(lambda v: block_outputs(old_module, v, sample_inputs, apply_kwargs))(nn.unbox(dict(old_variables)))
   params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
   labels = traverse_util.unflatten_dict({k: 'fit' if 'params/' + '/'.join(k) in created else 'keep'
                                          for k in traverse_util.flatten_dict(params)})

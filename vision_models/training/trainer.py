@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from vision_models import data, models, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import graft as graft_lib, guards, optim, perf, setup as setup_lib, state as state_lib, steps
+from vision_models.training import graft as graft_lib, guards, optim, perf, setup as setup_lib, state as state_lib
+from vision_models.training import steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -58,6 +59,7 @@ class Task:
   loss, and what to evaluate. This class is classification; `vision_models.diffusion.trainer.DiffusionTask` is
   diffusion. The loop below (`run`) is the same for both."""
   postfix = (('loss', 'train/loss', '.4f'), ('lr', 'train/learning_rate', '.2e'))  # Progress-bar figures.
+  ema_decay: float | None = None  # An EMA kept in the state (`ema_params`) besides the optimizer's own.
 
   def __init__(self, config: Any, workdir: str | None = None):
     self.config = config
@@ -78,8 +80,6 @@ class Task:
     s, mixup = self.s, self.config.get('mixup')
     return steps.classification_loss(s.model, self.config.get('label_smoothing', 0.0), s.rules,
                                      dict(mixup) if mixup else None, parallel.data_parallel_size(s.mesh))
-
-  ema_decay: float | None = None  # An EMA kept in the state (`ema_params`) besides the optimizer's own.
 
   def state_from_variables(self, variables: Any) -> Any:
     """A step-0 state holding `variables` (a grafted start, `config.init_from`), laid out over the mesh."""
