@@ -42,7 +42,7 @@ def test_dit_digits_graft_starts_from_a_trained_dit_digits_run(digits_dir, tmp_p
   # DiT takes `mixer_overrides` once it is wired to models/mixers.py; until then graft an edit it has: QK norm.
   del config.model['mixer_overrides']
   config.model.qk_norm = 'rmsnorm'
-  config.init_from.update(workdir=str(tmp_path / 'source'), config=source, distill_steps=3)
+  config.init_from = dict(config.init_from, workdir=str(tmp_path / 'source'), config=source, distill_steps=3)
   config.total_steps = 2
   results = trainer.train(config, str(tmp_path / 'graft'))
   report = capsys.readouterr().out

@@ -164,11 +164,11 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
   ckpt = _checkpointer(config, workdir)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   start, state = ckpt.restore_latest_good(task.abstract_state())
-  writer = MetricWriter(workdir)
   if start is None:
     state, start = initial_state(task, init_rng), 0
   elif is_main:
     print(f'Resuming from step {start} in {ckpt.directory}')
+  writer = MetricWriter(workdir)
   writer.truncate_after(start)
   skip_nonfinite = config.get('skip_nonfinite', False)
   train_step = steps.make_train_step(task.loss_fn(), s.tx, s.lr_schedule, s.mesh, s.state_shardings,
