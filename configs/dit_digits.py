@@ -8,6 +8,7 @@ sigma, hybrid loss, label dropout 0.1, EMA). eval.py draws 1,000 class-condition
 writes samples.npz / samples.png, and scores them with the quickstart ViT classifier (trained first if
 `classifier_workdir` has no checkpoint)."""
 import ml_collections
+from ml_collections import config_dict
 
 from vision_models import parallel
 
@@ -19,8 +20,8 @@ def get_config(arg=None):
   c.seed = 0
   c.model = dict(name='dit', patch_size=2, hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0,
                  class_dropout_prob=0.1, learn_sigma=True, attn_impl='xla')
-  c.data = dict(name='sklearn_digits', data_dir=None, train_split='train', image_size=8, channels=1,
-                shuffle_buffer=2_000, pp_train='decode(1)|value_range(-1, 1)|keep("image", "label")')
+  c.data = dict(name='sklearn_digits', data_dir=config_dict.placeholder(str), train_split='train', image_size=8,
+                channels=1, shuffle_buffer=2_000, pp_train='decode(1)|value_range(-1, 1)|keep("image", "label")')
   c.diffusion = dict(num_timesteps=1000)
   c.batch_size = 64
   c.total_steps = 3_000

@@ -106,11 +106,13 @@ class TrainBatches:
 
   `skipped` counts the examples dropped as undecodable so far (see `_preprocessed`). `repeated_aug=k` (DeiT's
   repeated augmentation, `config.data.repeated_aug`) yields each shuffled example k times in a row, each copy with its
-  own augmentation seed; a step still holds `per_host_batch` images.
+  own augmentation seed; a step still holds `per_host_batch` images. `feature` names the example's field that becomes
+  `image`, the model input (`config.data.feature`, e.g. 'latent' for an `encode_latents` dataset).
   """
 
   def __init__(self, name: str, split: str, data_dir: str | None, pp_spec: str, per_host_batch: int, seed: int,
-               start_step: int = 0, shuffle_buffer: int = 10_000, on_corrupt: str = 'skip', repeated_aug: int = 1):
+               start_step: int = 0, shuffle_buffer: int = 10_000, on_corrupt: str = 'skip', repeated_aug: int = 1,
+               feature: str = 'image'):
     if repeated_aug < 1:
       raise ConfigError(f'config.data.repeated_aug={repeated_aug} must be a positive integer (1 turns it off)')
     pp = preprocess.parse(pp_spec)
@@ -123,6 +125,7 @@ class TrainBatches:
     self._batches = _numpy(ds.batch(per_host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
     self.skipped = 0
     self._next_index = None
+    self._feature = feature
 
   def __iter__(self):
     return self
@@ -133,7 +136,10 @@ class TrainBatches:
     first = int(index[0]) if self._next_index is None else self._next_index
     self.skipped += int(index[-1]) - first + 1 - len(index)
     self._next_index = int(index[-1]) + 1
-    return {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
+    if self._feature not in batch:
+      raise ConfigError(f'config.data.feature={self._feature!r} is not in the preprocessed examples (they hold '
+                        f'{", ".join(batch)}); name the model input field, and keep it in config.data.pp_train')
+    return {'image': batch[self._feature], 'label': batch['label'].astype(np.int32)}
 
 
 

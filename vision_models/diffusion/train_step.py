@@ -1,5 +1,5 @@
 """The diffusion train state (parameters, optimizer state, fixed variables, EMA weights) created directly sharded,
-and the jitted train step: uniform t, q_sample, the hybrid loss, an optimizer update and the EMA update."""
+and the diffusion losses (DDPM's hybrid loss, rectified flow) for the shared train step of `training.steps`."""
 import functools
 from typing import Any, Callable
 
@@ -11,7 +11,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from vision_models import parallel
+from vision_models.diffusion import flow
 from vision_models.diffusion.gaussian import GaussianDiffusion, uniform_timesteps
+from vision_models.training import steps
 
 Metrics = dict[str, jax.Array]
 
@@ -70,43 +72,54 @@ def abstract(model: nn.Module, tx: optax.GradientTransformation, input_shape: tu
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
 
 
+def gaussian_loss(model: nn.Module, diffusion: GaussianDiffusion, rules=parallel.DEFAULT_RULES) -> steps.LossFn:
+  """The DDPM loss as a `steps.LossFn` on `batch['image']` (x_0, NHWC in [-1, 1] or latents) and `batch['label']`:
+  uniform t, q_sample, the hybrid loss. Timesteps, noise and label dropout come from the step's key."""
+  def loss_fn(params, model_state, batch, rng):
+    t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+    x_start, labels = batch['image'], batch['label']
+    t = uniform_timesteps(t_rng, x_start.shape[0], diffusion.num_timesteps)
+    noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
+    terms = diffusion.training_losses(_model_fn(model, params, model_state, labels, dropout_rng, rules),
+                                      x_start, t, noise)
+    return _loss_and_metrics(terms, model_state)
+  return loss_fn
+
+
+def flow_loss(model: nn.Module, rules=parallel.DEFAULT_RULES, timestep_sampling: str = 'logit_normal',
+              mean: float = 0.0, std: float = 1.0) -> steps.LossFn:
+  """The rectified-flow loss (`flow.training_losses`) as a `steps.LossFn`, t drawn by `flow.timesteps`."""
+  def loss_fn(params, model_state, batch, rng):
+    t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+    x_start, labels = batch['image'], batch['label']
+    t = flow.timesteps(t_rng, x_start.shape[0], timestep_sampling, mean, std)
+    noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
+    terms = flow.training_losses(_model_fn(model, params, model_state, labels, dropout_rng, rules), x_start, t, noise)
+    return _loss_and_metrics(terms, model_state)
+  return loss_fn
+
+
+def _model_fn(model, params, model_state, labels, dropout_rng, rules):
+  def fn(x, t_model):
+    with nn.logical_axis_rules(rules):
+      return model.apply({'params': params, **model_state}, x, t_model, labels, train=True,
+                         rngs={'dropout': dropout_rng})
+  return fn
+
+
+def _loss_and_metrics(terms: dict[str, jax.Array], model_state: Any):
+  loss = terms['loss'].mean()
+  metrics = {'train/loss': loss, 'train/mse': terms['mse'].mean()}
+  if 'vb' in terms:
+    metrics['train/vb'] = terms['vb'].mean()
+  return loss, (metrics, model_state)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     diffusion: GaussianDiffusion, mesh: Mesh, state_shardings: DiffusionState,
                     ema_decay: float = 0.9999, rules=parallel.DEFAULT_RULES
                     ) -> Callable[[DiffusionState, dict, jax.Array], tuple[DiffusionState, Metrics]]:
-  """`step(state, batch, rng) -> (state, metrics)` as one jit with explicit shardings; `batch` holds `image`
-  (x_0, NHWC in [-1, 1] or latents) and `label`. Timesteps, noise and label dropout come from
-  `fold_in(rng, state.step)`, so a resumed run draws what an uninterrupted one would."""
-  def step(state: DiffusionState, batch: dict, rng: jax.Array):
-    t_rng, noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step), 3)
-    x_start, labels = batch['image'], batch['label']
-    t = uniform_timesteps(t_rng, x_start.shape[0], diffusion.num_timesteps)
-    noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
-
-    def loss_fn(params):
-      def model_fn(x, t_model):
-        with nn.logical_axis_rules(rules):
-          return model.apply({'params': params, **state.model_state}, x, t_model, labels, train=True,
-                             rngs={'dropout': dropout_rng})
-      terms = diffusion.training_losses(model_fn, x_start, t, noise)
-      return terms['loss'].mean(), terms
-
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        'train/loss': loss,
-        'train/mse': terms['mse'].mean(),
-        'train/learning_rate': lr_schedule(state.step),
-        'train/grad_norm': optax.global_norm(grads),
-        'train/param_norm': optax.global_norm(params),
-    }
-    if 'vb' in terms:
-      metrics['train/vb'] = terms['vb'].mean()
-    ema = ema_update(state.ema_params, params, ema_decay)
-    return DiffusionState(state.step + 1, params, opt_state, state.model_state, ema), metrics
-
-  batch_sharding = parallel.batch_sharding(mesh)
-  replicated = parallel.replicated(mesh)
-  return parallel.under_mesh(jax.jit(step, in_shardings=(state_shardings, batch_sharding, replicated),
-                                     out_shardings=(state_shardings, replicated), donate_argnums=(0,)), mesh)
+  """`step(state, batch, rng) -> (state, metrics)`: the shared `steps.make_train_step` with the DDPM loss and the
+  EMA update. The randomness is `fold_in(rng, state.step)`, so a resumed run draws what an uninterrupted one would."""
+  return steps.make_train_step(gaussian_loss(model, diffusion, rules), tx, lr_schedule, mesh, state_shardings,
+                               ema_decay=ema_decay)

@@ -2,18 +2,20 @@
 logging and checkpoints; `evaluate` samples a workdir's EMA model (batch-sharded), writes `DIR/samples.npz`, a PNG
 grid and `DIR/eval.json`, and optionally scores the samples with a classifier trained by the classification trainer.
 
-It reuses the classification pieces (config checks, optimizer, checkpoints, metrics) and differs in the model call
-`(x, t, y)`, the loss and the EMA weights in the state.
+Training runs the classification trainer's loop (`training.trainer.run`) with a `DiffusionTask`: the model call
+`(x, t, y)`, the loss of `config.diffusion.objective` ('ddpm': DiT's hybrid loss; 'rectified_flow': `flow`) and the EMA
+weights in the state differ; SIGTERM checkpointing, non-finite guards and corrupt-checkpoint fallback are the loop's.
+The model input is `config.data.feature` of the examples ('image', or 'latent' for an `encode_latents` dataset).
 """
 import dataclasses
 import importlib.util
 import json
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
@@ -21,12 +23,14 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vision_models import data, kernels, models, parallel
-from vision_models.diffusion import respace, samplers, train_step
+from vision_models.diffusion import flow, respace, samplers, train_step
 from vision_models.diffusion.gaussian import GaussianDiffusion
 from vision_models.errors import ConfigError
-from vision_models.training import optim, setup as setup_lib
+from vision_models.training import optim, setup as setup_lib, trainer as trainer_lib
 from vision_models.training.checkpoint import Checkpointer
-from vision_models.training.metrics import MetricWriter
+
+
+OBJECTIVES = ('ddpm', 'rectified_flow')
 
 
 @dataclasses.dataclass
@@ -40,11 +44,15 @@ class Setup:
   lr_schedule: optax.Schedule
   state_shardings: train_step.DiffusionState
   rules: tuple
-  diffusion: GaussianDiffusion
+  diffusion: GaussianDiffusion | None  # None for rectified flow.
 
   @property
   def per_host_batch(self) -> int:
     return self.config.batch_size // jax.process_count()
+
+  @property
+  def objective(self) -> str:
+    return self.config.diffusion.get('objective', 'ddpm')
 
 
 def build(config: Any, workdir: str | None = None) -> Setup:
@@ -63,6 +71,11 @@ def build(config: Any, workdir: str | None = None) -> Setup:
                                               'in_channels': channels, **setup_lib.model_kwargs(config)})
   if size % model.patch_size:
     raise ConfigError(f'config.data.image_size={size} is not divisible by the patch size {model.patch_size}')
+  objective = config.diffusion.get('objective', 'ddpm')
+  if objective not in OBJECTIVES:
+    raise ConfigError(f'unknown config.diffusion.objective {objective!r}; choose one of {", ".join(OBJECTIVES)}')
+  if objective == 'rectified_flow' and model.learn_sigma:
+    raise ConfigError('rectified flow predicts a velocity only: set config.model.learn_sigma=False')
   input_shape = (size, size, channels)
   tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
@@ -70,7 +83,9 @@ def build(config: Any, workdir: str | None = None) -> Setup:
     shardings = train_step.shardings(model, tx, input_shape, mesh, rules)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model {config.model.name!r} cannot take input {input_shape}: {e}') from None
-  diffusion = respace.create(None, config.diffusion.get('num_timesteps', 1000), learn_sigma=model.learn_sigma)
+  diffusion = None
+  if objective == 'ddpm':
+    diffusion = respace.create(None, config.diffusion.get('num_timesteps', 1000), learn_sigma=model.learn_sigma)
   return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules, diffusion)
 
 
@@ -78,56 +93,75 @@ def _checkpointer(config: Any, workdir: str) -> Checkpointer:
   return Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.get('keep_checkpoints', 3))
 
 
+class DiffusionTask(trainer_lib.Task):
+  """Diffusion for the shared loop: the DiT call `(x, t, y)`, the objective's loss, EMA weights in the state, no
+  evaluation while training (`evaluate` samples)."""
+  postfix = (('loss', 'train/loss', '.4f'), ('mse', 'train/mse', '.4f'))
+
+  def build(self, config: Any, workdir: str | None) -> Setup:
+    return build(config, workdir)
+
+  def abstract_state(self) -> train_step.DiffusionState:
+    s = self.s
+    return train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings)
+
+  def create_state(self, rng: jax.Array) -> train_step.DiffusionState:
+    s = self.s
+    return train_step.create(s.model, s.tx, s.input_shape, rng, s.state_shardings)
+
+  def loss_fn(self):
+    s, cfg = self.s, self.config.diffusion
+    if s.objective == 'rectified_flow':
+      return train_step.flow_loss(s.model, s.rules, cfg.get('timestep_sampling', 'logit_normal'),
+                                  cfg.get('logit_mean', 0.0), cfg.get('logit_std', 1.0))
+    return train_step.gaussian_loss(s.model, s.diffusion, s.rules)
+
+  @property
+  def ema_decay(self) -> float:
+    return self.config.get('ema_decay', 0.9999)
+
+  def evaluator(self):
+    return None
+
+  def state_from_variables(self, variables: Any) -> train_step.DiffusionState:
+    def make(v):
+      v = dict(v)
+      params = v.pop('params')
+      return train_step.DiffusionState(jnp.zeros((), jnp.int32), params, self.s.tx.init(params), v, params)
+    return jax.jit(make, out_shardings=self.s.state_shardings)(variables)
+
+  def model_for(self, config: Any) -> nn.Module:
+    return models.create(config.model.name, **{'num_classes': self.s.dataset.num_classes,
+                                               'input_size': config.data.image_size,
+                                               'in_channels': config.data.get('channels', 3),
+                                               **setup_lib.model_kwargs(config)})
+
+  def model_inputs(self, batch: dict, rng: jax.Array) -> tuple:
+    """(x_t, model timesteps, labels) of the batch's examples noised at random times of the objective."""
+    x, y = batch['image'], batch['label']
+    t_rng, noise_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, x.shape, x.dtype)
+    if self.s.diffusion is None:
+      t = flow.timesteps(t_rng, x.shape[0])
+      return flow.interpolate(x, noise, t), flow.TIME_SCALE * t, y
+    t = jax.random.randint(t_rng, (x.shape[0],), 0, self.s.diffusion.num_timesteps)
+    return self.s.diffusion.q_sample(x, t, noise), self.s.diffusion.model_timesteps(t), y
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last logged metrics."""
-  s = build(config, workdir)
-  is_main = jax.process_index() == 0
-  ckpt = _checkpointer(config, workdir)
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  start = ckpt.latest_step()
-  if start is None:
-    state, start = train_step.create(s.model, s.tx, s.input_shape, init_rng, s.state_shardings), 0
-  else:
-    state = ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
-    if is_main:
-      print(f'Resuming from step {start} in {ckpt.directory}')
-  step_fn = train_step.make_train_step(s.model, s.tx, s.lr_schedule, s.diffusion, s.mesh, s.state_shardings,
-                                       config.get('ema_decay', 0.9999), s.rules)
-  writer = MetricWriter(workdir)
-  cfg = config.data
-  batches = data.TrainBatches(cfg.name, cfg.train_split, cfg.get('data_dir'), cfg.pp_train, s.per_host_batch,
-                               seed=config.seed, start_step=start, shuffle_buffer=cfg.get('shuffle_buffer', 10_000))
-  total = config.total_steps
-  metrics: dict[str, Any] = {}
-  bar = tqdm(total=total, initial=start, disable=not is_main, desc='train', dynamic_ncols=True)
-  last_time, last_step = time.perf_counter(), start
-  for step in range(start + 1, total + 1):
-    state, metrics = step_fn(state, parallel.to_global(next(batches), s.mesh), step_rng)
-    bar.update(1)
-    if step % config.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      step_seconds = (now - last_time) / (step - last_step)
-      last_time, last_step = now, step
-      metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds})
-      writer.write(step, metrics)
-      bar.set_postfix(loss=f'{metrics["train/loss"]:.4f}', mse=f'{metrics["train/mse"]:.4f}')
-    if step % config.checkpoint_every == 0 or step == total:
-      ckpt.save(step, state)
-  bar.close()
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
-  if is_main:
-    print(f'Checkpoints: {ckpt.directory}\nMetrics: {writer.path}\nTensorBoard: tensorboard --logdir {writer.tb_dir}')
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+  """Trains `config` in `workdir` with the shared loop (`training.trainer.run`), resuming from its latest good
+  checkpoint; returns the last logged metrics."""
+  return trainer_lib.run(DiffusionTask(config, workdir), workdir)
 
 
 def make_sampler(s: Setup, cfg: Any):
-  """`sample(params, model_state, labels, rng) -> x_0` as one jit: the whole chain (respaced per
-  `cfg.respacing`, `cfg.method` 'ddpm' | 'ddim') with guidance `cfg.cfg_scale` (> 1 guides, as the official
-  `sample_ddp.py`) on `cfg.guidance_channels` (None: all), labels and samples split over the data-parallel devices."""
-  diffusion = respace.create(cfg.get('respacing', '250'), s.diffusion.num_timesteps, learn_sigma=s.model.learn_sigma)
+  """`sample(params, model_state, labels, rng) -> x_0` as one jit: the whole chain (DDPM: respaced per
+  `cfg.respacing`, `cfg.method` 'ddpm' | 'ddim'; rectified flow: `cfg.num_steps` of `cfg.method` 'euler' | 'heun')
+  with guidance `cfg.cfg_scale` (> 1 guides, as the official `sample_ddp.py`) on `cfg.guidance_channels` (None:
+  all), labels and samples split over the data-parallel devices."""
+  if s.diffusion is not None:
+    diffusion = respace.create(cfg.get('respacing', '250'), s.diffusion.num_timesteps,
+                               learn_sigma=s.model.learn_sigma)
   scale = cfg.get('cfg_scale', 1.0)
 
   def run(params, model_state, labels, rng):
@@ -137,6 +171,8 @@ def make_sampler(s: Setup, cfg: Any):
     fn = samplers.guided(model_fn, scale, s.model.num_classes, cfg.get('guidance_channels')) if scale > 1 else model_fn
     noise_rng, chain_rng = jax.random.split(rng)
     noise = jax.random.normal(noise_rng, (labels.shape[0], *s.input_shape))
+    if s.diffusion is None:
+      return flow.sample(fn, noise, labels, cfg.get('num_steps', 50), cfg.get('method', 'euler'))
     return samplers.sample(fn, diffusion, noise, labels, chain_rng, cfg.get('method', 'ddpm'), cfg.get('eta', 0.0),
                            cfg.get('clip_denoised', False))
 
@@ -145,9 +181,21 @@ def make_sampler(s: Setup, cfg: Any):
   return parallel.under_mesh(jax.jit(run, in_shardings=shardings, out_shardings=batch), s.mesh)
 
 
+def _decoder(path: str | None):
+  """Latents → images with the SD-VAE at `path` (`config.sample.vae`), identity without one."""
+  if not path:
+    return lambda x: x
+  from vision_models.diffusion import vae as vae_lib
+  module, variables = vae_lib.load_pretrained(path)
+  decode = jax.jit(lambda z: module.apply(variables, z / vae_lib.SCALE, method=module.decode))
+  return lambda x: np.asarray(decode(np.asarray(x)))
+
+
 def generate(s: Setup, params: Any, model_state: Any, labels: np.ndarray, cfg: Any) -> np.ndarray:
-  """uint8 NHWC samples for every label (in batches of `cfg.batch_size`, padded to a full last batch)."""
+  """uint8 NHWC samples for every label (in batches of `cfg.batch_size`, padded to a full last batch); latents are
+  decoded by the VAE `cfg.vae` (a diffusers .safetensors) when given."""
   sample = make_sampler(s, cfg)
+  decode = _decoder(cfg.get('vae'))
   batch_size = cfg.get('batch_size', s.config.batch_size)
   dp = parallel.data_parallel_size(s.mesh)
   if batch_size % (dp * jax.process_count()):
@@ -159,7 +207,7 @@ def generate(s: Setup, params: Any, model_state: Any, labels: np.ndarray, cfg: A
     local = padded[i * batch_size:][:batch_size][jax.process_index() * per_host:][:per_host]
     y = parallel.to_global({'label': local}, s.mesh)['label']
     x = sample(params, model_state, y, jax.random.fold_in(jax.random.key(cfg.get('seed', 0)), i))
-    out.append(samplers.to_uint8(multihost_utils.process_allgather(x, tiled=True)))
+    out.append(samplers.to_uint8(decode(multihost_utils.process_allgather(x, tiled=True))))
   return np.concatenate(out)[:len(labels)]
 
 
@@ -222,16 +270,16 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
 
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest checkpoint's EMA
-  weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`), `DIR/samples.png` and `DIR/eval.json`."""
+  """Samples `config.sample.num_samples` images (labels cycling over the classes) from the latest good checkpoint's
+  EMA weights (raw weights with `use_ema=False`); writes `DIR/samples.npz` (`images` uint8 NHWC, `labels`),
+  `DIR/samples.png` and `DIR/eval.json`."""
   s = build(config, workdir)
   ckpt = _checkpointer(config, workdir)
-  step = ckpt.latest_step()
+  step, state = ckpt.restore_latest_good(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
+  ckpt.close()
   if step is None:
     raise ConfigError(f'no checkpoint in {ckpt.directory}; train first: python train.py --config=... '
                       f'--workdir={workdir}')
-  state = ckpt.restore(train_step.abstract(s.model, s.tx, s.input_shape, s.state_shardings), step)
-  ckpt.close()
   cfg = config.sample
   labels = np.arange(cfg.num_samples) % s.dataset.num_classes
   params = state.ema_params if cfg.get('use_ema', True) else state.params

@@ -70,7 +70,11 @@ class DiTBlock(nn.Module):
   """adaLN-Zero block: x += gate · mixer(modulate(LN(x))), then the same with the MLP; the modulation starts at 0.
 
   Several `mixers` make a parallel block (Touvron et al. 2022): each branch has its own modulation, mixer and MLP
-  (suffixed `_0`, `_1`, ...) and the branches' gated outputs add up."""
+  (suffixed `_0`, `_1`, ...) and the branches' gated outputs add up.
+
+  With `adaln_lora_rank` set, the modulation is `shared_mod` (computed once by DiT) plus this block's low-rank
+  update up(down(silu(c))) (`adaLN_lora_down [hidden, r]`, `adaLN_lora_up [r, 6·hidden]`, zero-initialised), one per
+  branch."""
   num_heads: int
   mlp_ratio: float
   grid: tuple[int, int]
@@ -79,15 +83,29 @@ class DiTBlock(nn.Module):
   attn_impl: str = 'xla'
   dtype: Any = None
   mixer_options: Any = None
+  qk_norm: str | None = None
+  adaln_lora_rank: int | None = None
+
+  def _modulation(self, c: jax.Array, shared_mod: jax.Array | None, suffix: str) -> jax.Array:
+    dim = 6 * c.shape[-1]
+    if self.adaln_lora_rank is None:
+      return _zero_dense(dim, ('embed', 'mlp'), self.dtype, f'adaLN_modulation{suffix}')(nn.silu(c))
+    if not self.adaln_lora_rank:
+      return shared_mod
+    down = layers.dense(self.adaln_lora_rank, ('embed', None), use_bias=False, dtype=self.dtype,
+                        name=f'adaLN_lora_down{suffix}')(nn.silu(c))
+    return shared_mod + layers.dense(dim, (None, 'mlp'), use_bias=False, kernel_init=nn.initializers.zeros,
+                                     dtype=self.dtype, name=f'adaLN_lora_up{suffix}')(down)
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, c: jax.Array, train: bool = False,
+               shared_mod: jax.Array | None = None) -> jax.Array:
     dim = x.shape[-1]
     suffixes = [''] if len(self.mixers) == 1 else [f'_{b}' for b in range(len(self.mixers))]
-    mods = [jnp.split(_zero_dense(6 * dim, ('embed', 'mlp'), self.dtype, f'adaLN_modulation{s}')(nn.silu(c)), 6, -1)
-            for s in suffixes]
+    mods = [jnp.split(self._modulation(c, shared_mod, s), 6, -1) for s in suffixes]
+    qk = {'qk_norm': self.qk_norm} if self.qk_norm else {}
     options = lambda name: mixers.select_options(  # noqa: E731
-        name, {'qkv_init': QKV_INIT, **dict(self.mixer_options or {})})
+        name, {'qkv_init': QKV_INIT, **qk, **dict(self.mixer_options or {})})
     norm = lambda: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=self.dtype)  # noqa: E731
     h = norm()(x)
     x = x + sum(gate[:, None] * mixers.token_mixer(
@@ -122,6 +140,10 @@ class DiT(nn.Module):
   attn_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
+  qk_norm: str | None = None  # 'layernorm' | 'rmsnorm' on each head's q and k (layers.Attention).
+  # AdaLN-LoRA: None is DiT's per-block adaLN; r ≥ 0 computes one shared modulation (`adaLN_modulation`, 6d² + 6d
+  # parameters) plus a rank-r update per block (7rd parameters each; 0: none).
+  adaln_lora_rank: int | None = None
 
   @property
   def out_channels(self) -> int:
@@ -166,9 +188,13 @@ class DiT(nn.Module):
       raise ConfigError(f'parallel_blocks pairs the blocks: DiT depth {self.depth} must be even')
     width = 2 if self.parallel_blocks else 1
     block = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
+    shared_mod = None
+    if self.adaln_lora_rank is not None:
+      shared_mod = _zero_dense(6 * d, ('embed', 'mlp'), self.dtype, 'adaLN_modulation')(nn.silu(c))
     for i in range(self.depth // width):
       x = block(self.num_heads, self.mlp_ratio, (gh, gw), tuple(names[i * width:(i + 1) * width]), self.mlp,
-                self.attn_impl, self.dtype, self.mixer_options, name=f'blocks_{i}')(x, c, train)
+                self.attn_impl, self.dtype, self.mixer_options, self.qk_norm, self.adaln_lora_rank,
+                name=f'blocks_{i}')(x, c, train, shared_mod)
 
     shift, scale = jnp.split(_zero_dense(2 * d, ('embed', 'mlp'), self.dtype, 'final_adaLN_modulation')(nn.silu(c)),
                              2, axis=-1)

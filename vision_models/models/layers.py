@@ -78,6 +78,18 @@ class Mlp(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+QK_NORMS = ('layernorm', 'rmsnorm')
+
+
+def qk_norm(kind: str, dtype: Dtype | None = None, name: str | None = None) -> nn.Module:
+  """The per-head query / key normalisation of `Attention(qk_norm=kind)`, over the last (head_dim) axis."""
+  if kind == 'layernorm':
+    return layer_norm(1e-6, 'kv', dtype=dtype, name=name)
+  if kind == 'rmsnorm':
+    return nn.RMSNorm(1e-6, dtype=dtype, name=name, scale_init=with_axes(nn.initializers.ones, ('kv',)))
+  raise ValueError(f'unknown qk_norm {kind!r}; choose one of {", ".join(QK_NORMS)} (or None)')
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with separate q/k/v projections `[embed, heads, kv]` and a pluggable kernel.
 
@@ -86,6 +98,8 @@ class Attention(nn.Module):
 
   `impl` picks the attention kernel (`xla`, `pallas`, `cudnn`, `auto`; see `vision_models.kernels.attention`).
   `bias` is an additive logit bias broadcastable to `[batch, heads, q, k]` (relative position bias).
+  `qk_norm` ('layernorm' | 'rmsnorm', default None: off) normalises q and k of each head over head_dim with a learned
+  `[head_dim]` scale (and bias) shared by the heads, `q_norm` / `k_norm` (ViT-22B, SD3): bounded attention logits.
   """
   num_heads: int
   qkv_bias: bool = True
@@ -93,6 +107,7 @@ class Attention(nn.Module):
   impl: str = 'xla'
   dtype: Dtype | None = None
   qkv_init: Init | None = None  # Default: xavier_uniform of each [embed, embed] matrix (vision_transformer).
+  qk_norm: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -115,6 +130,8 @@ class Attention(nn.Module):
     qkv_init = self.qkv_init or nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0,
                                                                  out_axis=(1, 2))
     q, k, v = proj('query'), proj('key'), proj('value')
+    if self.qk_norm:
+      q, k = qk_norm(self.qk_norm, self.dtype, 'q_norm')(q), qk_norm(self.qk_norm, self.dtype, 'k_norm')(k)
     out = self.attend(q, k, v, bias)
     out = constrain(out, ('batch', 'length', 'act_heads', None))
     w_out = param('out_kernel', (self.num_heads, head_dim, dim), ('heads', 'kv', 'embed'),

@@ -143,17 +143,18 @@ def parallel_from_sequential(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _attention(cls=layers.Attention, **fixed):
-  def factory(*, num_heads, impl, dtype, name, qkv_bias=True, dropout=0.0, qkv_init=None, **_):
-    return cls(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype, qkv_init=qkv_init, name=name,
-               **fixed)
+  def factory(*, num_heads, impl, dtype, name, qkv_bias=True, dropout=0.0, qkv_init=None, qk_norm=None, **_):
+    return cls(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype, qkv_init=qkv_init,
+               qk_norm=qk_norm, name=name, **fixed)
   return factory
 
 
 def _local(dilated: bool):
   def factory(*, num_heads, grid, prefix, impl, dtype, name, window=7, qkv_bias=True, dropout=0.0, qkv_init=None,
-              **_):
+              qk_norm=None, **_):
     return ops.LocalAttention(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype,
-                              qkv_init=qkv_init, grid=grid, prefix=prefix, window=window, dilated=dilated, name=name)
+                              qkv_init=qkv_init, qk_norm=qk_norm, grid=grid, prefix=prefix, window=window,
+                              dilated=dilated, name=name)
   return factory
 
 

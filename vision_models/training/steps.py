@@ -55,15 +55,16 @@ def _micro_batches(batch: dict, accum_steps: int) -> dict:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedule: optax.Schedule, mesh: Mesh,
-                    state_shardings: TrainState, accum_steps: int = 1, skip_nonfinite: bool = False
-                    ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
+                    state_shardings: Any, accum_steps: int = 1, skip_nonfinite: bool = False,
+                    ema_decay: float | None = None) -> Callable[[Any, dict, jax.Array], tuple[Any, Metrics]]:
   """`step(state, batch, rng) -> (state, metrics)` as one jit with explicit input and output shardings.
 
   With `accum_steps > 1` the batch is split into that many micro-batches whose gradients are averaged inside the
   step (a `lax.scan`, so memory is that of one micro-batch). The dropout key is `fold_in(rng, step)` (and the
   micro-batch index): a resumed run draws the same randomness as an uninterrupted one. With `skip_nonfinite`, an
   update whose loss or gradients are not finite is dropped (parameters and optimizer state stay) and counted in
-  `train/skipped`.
+  `train/skipped`. The state is a `TrainState` or any struct with its fields; with `ema_decay` it also has
+  `ema_params`, moved towards the new parameters after each update (the diffusion state).
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -87,15 +88,16 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, lr_schedu
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
+    new = state.replace(params=params, opt_state=opt_state, model_state=model_state)
+    if ema_decay is not None:
+      new = new.replace(ema_params=optax.incremental_update(params, state.ema_params, 1.0 - ema_decay))
     if skip_nonfinite:
       finite = jnp.isfinite(metrics['train/loss']) & jnp.isfinite(grad_norm)
-      params, opt_state, model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                                    (params, opt_state, model_state),
-                                                    (state.params, state.opt_state, state.model_state))
+      new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
       metrics['train/skipped'] = 1.0 - finite.astype(jnp.float32)
     metrics = {**metrics, 'train/learning_rate': lr_schedule(state.step), 'train/grad_norm': grad_norm,
-               'train/param_norm': optax.global_norm(params)}
-    return TrainState(state.step + 1, params, opt_state, model_state), metrics
+               'train/param_norm': optax.global_norm(new.params)}
+    return new.replace(step=state.step + 1), metrics
 
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
