@@ -14,7 +14,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet(dict(name='convnextv2_t', drop_path=0.2, kernel_size=7, depthwise_impl='xla', dtype='bfloat16',
+  c = common.imagenet(dict(name='convnextv2_t', drop_path=0.2, kernel_size=7, depthwise_impl='auto', dtype='bfloat16',
                            remat=False),
                       batch_size=1024, epochs=300,
                       train=common.pp_train(224, randaug='randaugment()', erasing=0.25),

@@ -15,7 +15,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet(dict(name='unireplknet_t', drop_path=0.2, layer_scale=1e-6, depthwise_impl='xla',
+  c = common.imagenet(dict(name='unireplknet_t', drop_path=0.2, layer_scale=1e-6, depthwise_impl='auto',
                            dtype='bfloat16', remat=False),
                       batch_size=4096, epochs=300,
                       train=common.pp_train(224, randaug='randaugment()', erasing=0.25),

@@ -38,7 +38,7 @@ V2 = {  # atto … nano are timm's sizes; tiny … huge facebookresearch/ConvNeX
 conv_init = layers.trunc_normal(0.02)
 
 
-def depthwise_conv(channels: int, kernel_size: int, impl: str = 'xla', dtype: Any = None,
+def depthwise_conv(channels: int, kernel_size: int, impl: str = 'auto', dtype: Any = None,
                    name: str | None = None) -> nn.Module:
   """The block's depthwise conv ('same' padding, bias), kernel `[k, k, 1, channels]` as `nn.Conv` has it: `xla` (a
   grouped conv, cuDNN's on GPUs), `shift` (elementwise shifted products, many times faster on the CPU), `pallas`
@@ -88,7 +88,7 @@ class Block(nn.Module):
   layer_scale: float | None = 1e-6
   grn: bool = False
   drop_path: float = 0.0
-  depthwise_impl: str = 'xla'
+  depthwise_impl: str = 'auto'
   dtype: Any = None
   mixer: str = 'dwconv'
   mixer_options: Any = None
@@ -115,7 +115,8 @@ class ConvNeXt(nn.Module):
   """ConvNeXt classifier (V2: `grn=True, layer_scale=None`). `num_classes=0` returns the pooled, normalised features.
 
   `kernel_size` sets the depthwise kernel (7 in the papers; larger for large-kernel studies), `depthwise_impl` its
-  implementation (`xla` grouped conv; `shift`, much faster on CPUs; see `depthwise_conv`). Stochastic depth grows
+  implementation (`auto`, the default: `shift` on CPUs, where it is many times faster, else `xla`'s grouped conv;
+  see `depthwise_conv`). Stochastic depth grows
   linearly from 0 to `drop_path` over all blocks. `remat` recomputes each block in the backward pass.
   `head_init_scale` scales the initial head (0.001 when fine-tuning, as in the paper).
   `mixer` replaces every block's depthwise conv by another token mixer of `models/mixers.py`, `mixer_overrides` by
@@ -131,7 +132,7 @@ class ConvNeXt(nn.Module):
   grn: bool = False
   drop_path: float = 0.0
   head_init_scale: float = 1.0
-  depthwise_impl: str = 'xla'
+  depthwise_impl: str = 'auto'
   remat: bool = False
   dtype: Any = None
   mixer: str = 'dwconv'

@@ -125,7 +125,7 @@ class Block(nn.Module):
   layer_scale: float | None = 1e-6
   drop_path: float = 0.0
   deploy: bool = False
-  depthwise_impl: str = 'xla'
+  depthwise_impl: str = 'auto'
   dtype: Any = None
 
   @nn.compact
@@ -163,7 +163,7 @@ class UniRepLKNet(nn.Module):
   layer_scale: float | None = 1e-6
   drop_path: float = 0.0
   deploy: bool = False
-  depthwise_impl: str = 'xla'
+  depthwise_impl: str = 'auto'
   remat: bool = False
   dtype: Any = None
 
