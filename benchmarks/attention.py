@@ -10,7 +10,6 @@ near 1 (linear) and the reference's near 2 (quadratic).
 """
 import argparse
 import json
-import math
 import sys
 import time
 

@@ -137,7 +137,7 @@ def test_mixer_overrides_place_any_mixer_in_any_block():
   assert params['stages_0_blocks_0']['token_mixer']['dwconv']['kernel'].shape == (5, 5, 1, 32)
   # Mixers cross families: InceptionNeXt's in a PoolFormer; the MetaFormer's and the generic attention in an
   # InceptionNeXt.
-  params = shapes(models.create('poolformerv2_s12', mixer_overrides={'1': 'inception_next_dwconv'}, **small))['params']
+  params = shapes(models.create('poolformerv2_s12', mixer_overrides={'1': 'inception_dwconv'}, **small))['params']
   assert 'dwconv_hw' in params['stages_1_blocks_0']['token_mixer']
   params = shapes(models.create('inception_next_t', mixer_overrides={'-1': 'metaformer_attention',
                                                                      '0:2': 'attention'}, **small))['params']
@@ -145,7 +145,7 @@ def test_mixer_overrides_place_any_mixer_in_any_block():
   assert 'out_bias' in params['stages_0_blocks_0']['token_mixer']  # The generic ViT attention.
   assert 'dwconv_hw' in params['stages_2_blocks_0']['token_mixer']
   with pytest.raises(ConfigError, match='overlap'):
-    shapes(models.create('caformer_s18', mixer_overrides={'0:2': 'metaformer_pooling', '1': 'attention'}, **small))
+    shapes(models.create('caformer_s18', mixer_overrides={'0:2': 'pooling', '1': 'attention'}, **small))
   with pytest.raises(ConfigError, match='unknown token mixer'):
     shapes(models.create('caformer_s18', mixer='nope', **small))
 

@@ -48,16 +48,15 @@ def star_relu(sd: common.StateDict, src: str) -> dict[str, np.ndarray]:
 def mixer_kind(sd: common.StateDict, src: str) -> str:
   if f'{src}.token_mixer.qkv.weight' in sd:
     return 'metaformer_attention'
-  return 'metaformer_sepconv' if f'{src}.token_mixer.pwconv1.weight' in sd else 'metaformer_pooling'
+  return 'sepconv' if f'{src}.token_mixer.pwconv1.weight' in sd else 'pooling'
 
 
 def token_mixer(sd: common.StateDict, src: str, kind: str, head_dim: int) -> dict[str, Any]:
   src = f'{src}.token_mixer'
-  if kind == 'metaformer_sepconv':
-    bias = f'{src}.pwconv1.bias' in sd
-    dw = {'kernel': common.conv(sd[f'{src}.dwconv.weight']), **({'bias': sd[f'{src}.dwconv.bias']} if bias else {})}
-    return {'pwconv1': linear(sd, f'{src}.pwconv1', bias), 'act1': star_relu(sd, f'{src}.act1'), 'dwconv': dw,
-            'pwconv2': linear(sd, f'{src}.pwconv2', bias)}
+  if kind == 'sepconv':  # timm's SepConv has no biases.
+    return {'pwconv1': linear(sd, f'{src}.pwconv1', False), 'act1': star_relu(sd, f'{src}.act1'),
+            'dwconv': {'kernel': common.conv(sd[f'{src}.dwconv.weight'])},
+            'pwconv2': linear(sd, f'{src}.pwconv2', False)}
   if kind == 'metaformer_attention':
     qkv = sd[f'{src}.qkv.weight']  # (3 · heads · head_dim, dim), rows ordered (q/k/v, head, channel)
     dim = qkv.shape[1]

@@ -4,7 +4,7 @@ Stem: 4×4 stride-4 conv → BatchNorm. Stages 1-3 start with BatchNorm → 2×2
 mixer → BatchNorm → Dense r·d → exact GELU → Dense d → layer scale (1e-6) → drop path, plus the input; r is 4 in
 stages 0-2 and 3 in the last. Head: global average pool → Dense 3d → GELU → LayerNorm (eps 1e-6) → Dense classes.
 
-The token mixer is `inception_next_dwconv` from `vision_models.models.mixers` (registered here): the channels split
+The token mixer is `inception_dwconv` from `vision_models.models.mixers`: the channels split
 into an identity part and three branches of `branch_ratio`·d channels, a 3×3, a 1×11 and an 11×1 depthwise conv.
 `mixer` / `mixer_overrides` / `mixer_options` put any registered mixer in any block (see mixers.py). BatchNorm
 statistics live in the `batch_stats` collection (eps 1e-5, momentum 0.1 as PyTorch's). Module names follow timm's state
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
 from vision_models.models import layers, mixers
-from vision_models.models.metaformer import Mlp, init, on_grid, per_stage
+from vision_models.models.metaformer import Mlp, init, per_stage
 from vision_models.models.registry import register
 
 VARIANTS = {  # depths, dims (sail-sg/inceptionnext; atto is timm's)
@@ -28,39 +28,6 @@ VARIANTS = {  # depths, dims (sail-sg/inceptionnext; atto is timm's)
     's': ((3, 3, 27, 3), (96, 192, 384, 768)),
     'b': ((3, 3, 27, 3), (128, 256, 512, 1024)),
 }
-
-
-class InceptionDWConv(nn.Module):
-  """Identity on the first d − 3·g channels, then g-channel k×k, 1×b and b×1 depthwise convs (g = branch_ratio·d)."""
-  square_kernel_size: int = 3
-  band_kernel_size: int = 11
-  branch_ratio: float = 0.125
-  grid: tuple[int, int] | None = None
-  prefix: int = 0
-  conv_impl: str = 'xla'
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
-    dim = tokens.shape[-1]
-    g = int(dim * self.branch_ratio)
-    s, b = self.square_kernel_size, self.band_kernel_size
-
-    def conv(kernel, name):
-      return layers.DepthwiseConv(kernel, kernel_init=init, impl=self.conv_impl, axis_name='embed',
-                                  dtype=self.dtype, name=name)
-
-    def mix(x):
-      x_id, x_hw, x_w, x_h = jnp.split(x, (dim - 3 * g, dim - 2 * g, dim - g), axis=-1)
-      return jnp.concatenate([x_id.astype(self.dtype or x.dtype), conv((s, s), 'dwconv_hw')(x_hw),
-                              conv((1, b), 'dwconv_w')(x_w), conv((b, 1), 'dwconv_h')(x_h)], axis=-1)
-    return on_grid(mix, tokens, self.grid, self.prefix)
-
-
-mixers.register_token_mixer(
-    'inception_next_dwconv', lambda *, grid, prefix, dtype, name, square_kernel_size=3, band_kernel_size=11,
-    branch_ratio=0.125, conv_impl='xla', **_: InceptionDWConv(square_kernel_size, band_kernel_size, branch_ratio,
-                                                              grid, prefix, conv_impl, dtype, name=name))
 
 
 def batch_norm(train: bool, dtype: Any = None, name: str | None = None) -> nn.BatchNorm:
@@ -108,7 +75,7 @@ class InceptionNeXt(nn.Module):
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
   mlp_ratios: float | Sequence[float] = (4, 4, 4, 3)
-  mixer: str | Sequence[str] = 'inception_next_dwconv'
+  mixer: str | Sequence[str] = 'inception_dwconv'
   mixer_overrides: Mapping[str, str] | None = None
   mixer_options: Mapping[str, Any] | None = None
   layer_scale: float | None = 1e-6

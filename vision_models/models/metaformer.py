@@ -6,14 +6,13 @@ x·res_scale + layer_scale·mixer(norm1(x)), then x·res_scale + layer_scale·ml
 optional per-channel scales). Head: global average pool → LayerNorm (bias) → Linear, or the MlpHead (Dense 4d →
 squared ReLU → LayerNorm → Dense) of the v2 baselines.
 
-Token mixers come from `vision_models.models.mixers` by name; the timm-exact ones are registered here as
-`metaformer_pooling` (avg pool 3×3 minus the input), `metaformer_sepconv` (1×1 → StarReLU → 7×7 depthwise → 1×1) and
-`metaformer_attention` (32-wide heads, no biases). `mixer` is one name or one per stage; `mixer_overrides` ({'a:b':
-name}, global block indices) puts any registered mixer in any block, `mixer_options` reach every mixer (each takes
-the options it names, e.g. `conv_impl='shift'`, fast depthwise convs on CPUs). Module names follow timm's state dict
+Token mixers come from `vision_models.models.mixers` by name: `pooling` (avg pool 3×3 minus the input), `sepconv`
+(1×1 → StarReLU → 7×7 depthwise → 1×1) and `metaformer_attention` (32-wide heads, no biases, registered here).
+`mixer` is one name or one per stage; `mixer_overrides` ({'a:b': name}, global block indices) puts any registered
+mixer in any block, `mixer_options` reach every mixer (each takes the options it names, e.g. `conv_impl='shift'`). Module names follow timm's state dict
 (`stem_conv`, `stages_i_downsample_{norm,conv}`, `stages_i_blocks_j/{norm1,token_mixer,...}`, `head_norm`, `head_fc`).
 """
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,71 +20,14 @@ import jax.numpy as jnp
 
 from vision_models import kernels
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixer_ops, mixers
 from vision_models.models.registry import register
 
 init = layers.trunc_normal(0.02)  # timm's init of every conv and linear weight (biases zero).
 
 
-class StarReLU(nn.Module):
-  """s·relu(x)² + b with learned scalars s (init 1) and b (init 0)."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param('scale', layers.with_axes(nn.initializers.ones, (None,)), (1,))
-    bias = self.param('bias', layers.with_axes(nn.initializers.zeros, (None,)), (1,))
-    return scale.astype(x.dtype) * jnp.square(nn.relu(x)) + bias.astype(x.dtype)
-
-
 def squared_relu(x: jax.Array) -> jax.Array:
   return jnp.square(nn.relu(x))
-
-
-def on_grid(fn: Callable[[jax.Array], jax.Array], tokens: jax.Array, grid: tuple[int, int] | None,
-            prefix: int) -> jax.Array:
-  """Applies the NHWC map `fn` to the grid tokens of `tokens [batch, prefix + h·w, dim]`; prefix tokens pass through."""
-  if grid is None:
-    raise ConfigError('this token mixer needs a spatial grid (a hierarchical model or a ViT with a grid)')
-  b, _, c = tokens.shape
-  y = fn(tokens[:, prefix:].reshape(b, *grid, c)).reshape(b, grid[0] * grid[1], c)
-  return jnp.concatenate([tokens[:, :prefix], y], axis=1) if prefix else y
-
-
-class Pooling(nn.Module):
-  """PoolFormer's mixer: average pool (stride 1, padding excluded from the mean) minus the input."""
-  pool_size: int = 3
-  grid: tuple[int, int] | None = None
-  prefix: int = 0
-
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
-    k, p = self.pool_size, self.pool_size // 2
-    pool = lambda x: nn.avg_pool(x, (k, k), (1, 1), ((p, p), (p, p)), count_include_pad=False) - x  # noqa: E731
-    return on_grid(pool, tokens, self.grid, self.prefix)
-
-
-class SepConv(nn.Module):
-  """ConvFormer's mixer, MobileNetV2's inverted separable conv: 1×1 (×2) → StarReLU → k×k depthwise → 1×1."""
-  expansion_ratio: float = 2.0
-  kernel_size: int = 7
-  use_bias: bool = False
-  grid: tuple[int, int] | None = None
-  prefix: int = 0
-  conv_impl: str = 'xla'  # As ConvNeXt's; 'shift' / 'auto' run much faster on CPUs (layers.depthwise_conv).
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
-    dim, hidden = tokens.shape[-1], int(self.expansion_ratio * tokens.shape[-1])
-
-    def mix(x):
-      x = layers.dense(hidden, ('embed', 'mlp'), use_bias=self.use_bias, kernel_init=init, dtype=self.dtype,
-                       name='pwconv1')(x)
-      x = StarReLU(name='act1')(x)
-      x = layers.DepthwiseConv((self.kernel_size,) * 2, use_bias=self.use_bias, kernel_init=init,
-                               impl=self.conv_impl, axis_name='mlp', dtype=self.dtype, name='dwconv')(x)
-      return layers.dense(dim, ('mlp', 'embed'), use_bias=self.use_bias, kernel_init=init, dtype=self.dtype,
-                          name='pwconv2')(x)
-    return on_grid(mix, tokens, self.grid, self.prefix)
 
 
 class Attention(nn.Module):
@@ -120,11 +62,6 @@ class Attention(nn.Module):
     return out
 
 
-mixers.register_token_mixer('metaformer_pooling', lambda *, grid, prefix, name, pool_size=3, **_: Pooling(
-    pool_size, grid, prefix, name=name))
-mixers.register_token_mixer(
-    'metaformer_sepconv', lambda *, grid, prefix, dtype, name, expansion_ratio=2.0, kernel_size=7, bias=False,
-    conv_impl='xla', **_: SepConv(expansion_ratio, kernel_size, bias, grid, prefix, conv_impl, dtype, name=name))
 mixers.register_token_mixer('metaformer_attention', lambda *, num_heads, impl, dtype, name, qkv_bias=False,
                             proj_bias=False, **_: Attention(num_heads, qkv_bias, proj_bias, impl, dtype, name=name))
 
@@ -154,7 +91,7 @@ class Mlp(nn.Module):
     dim = x.shape[-1]
     x = layers.dense(self.hidden_dim, ('embed', 'mlp'), use_bias=self.use_bias, kernel_init=init, dtype=self.dtype,
                      name='fc1')(x)
-    x = StarReLU(name='act')(x) if self.act == 'star_relu' else layers.gelu(x)
+    x = mixer_ops.StarReLU(name='act')(x) if self.act == 'star_relu' else layers.gelu(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = layers.dense(dim, ('mlp', 'embed'), use_bias=self.use_bias, kernel_init=init, dtype=self.dtype, name='fc2')(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -233,7 +170,7 @@ class MetaFormer(nn.Module):
   num_classes: int = 1000
   depths: Sequence[int] = (2, 2, 6, 2)
   dims: Sequence[int] = (64, 128, 320, 512)
-  mixer: str | Sequence[str] = 'metaformer_pooling'
+  mixer: str | Sequence[str] = 'pooling'
   mixer_overrides: Mapping[str, str] | None = None
   mixer_options: Mapping[str, Any] | None = None
   norm: str = 'layer'
@@ -309,18 +246,18 @@ POOLFORMER = {  # depths, dims, layer scale (timm metaformer.py `poolformer_*`, 
     'm36': ((6, 6, 18, 6), MEDIUM, 1e-6), 'm48': ((8, 8, 24, 8), MEDIUM, 1e-6),
 }
 # PoolFormer v1: GroupNorm (bias, eps 1e-5) everywhere, no stem / downsampling norm, GELU MLP with biases, layer scale.
-POOLFORMER_V1 = dict(mixer='metaformer_pooling', norm='group', norm_bias=True, norm_eps=1e-5, downsample_norm=False,
+POOLFORMER_V1 = dict(mixer='pooling', norm='group', norm_bias=True, norm_eps=1e-5, downsample_norm=False,
                      mlp_act='gelu', mlp_bias=True, res_scale=None, head='linear')
 CONVFORMER = {  # depths, dims (sail-sg/metaformer): CAFormer has the same sizes
     's18': ((3, 3, 9, 3), SMALL), 's36': ((3, 12, 18, 3), SMALL), 'm36': ((3, 12, 18, 3), (96, 192, 384, 576)),
     'b36': ((3, 12, 18, 3), (128, 256, 512, 768)),
 }
-CAFORMER_MIXERS = ('metaformer_sepconv',) * 2 + ('metaformer_attention',) * 2
+CAFORMER_MIXERS = ('sepconv',) * 2 + ('metaformer_attention',) * 2
 
 register('metaformer', MetaFormer)
 for _size, (_depths, _dims, _ls) in POOLFORMER.items():
   register(f'poolformer_{_size}', MetaFormer, depths=_depths, dims=_dims, layer_scale=_ls, **POOLFORMER_V1)
   register(f'poolformerv2_{_size}', MetaFormer, depths=_depths, dims=_dims, norm='group', head='linear')
 for _size, (_depths, _dims) in CONVFORMER.items():
-  register(f'convformer_{_size}', MetaFormer, depths=_depths, dims=_dims, mixer='metaformer_sepconv')
+  register(f'convformer_{_size}', MetaFormer, depths=_depths, dims=_dims, mixer='sepconv')
   register(f'caformer_{_size}', MetaFormer, depths=_depths, dims=_dims, mixer=CAFORMER_MIXERS)

@@ -210,13 +210,14 @@ class SepConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dim, k = x.shape[-1], self.kernel_size
-    y = layers.dense(int(self.expansion_ratio * dim), ('embed', 'mlp'), use_bias=False, dtype=self.dtype,
-                     name='pwconv1')(x)
+    y = layers.dense(int(self.expansion_ratio * dim), ('embed', 'mlp'), use_bias=False, kernel_init=conv_init,
+                     dtype=self.dtype, name='pwconv1')(x)
     y = StarReLU(name='act1')(y)
     conv = layers.DepthwiseConv((k, k), use_bias=False, kernel_init=conv_init, impl=conv_impl(self.impl),
                                 axis_name='mlp', dtype=self.dtype, name='dwconv')
     y = on_grid(y, self.grid, self.prefix, conv)
-    return layers.dense(dim, ('mlp', 'embed'), use_bias=False, dtype=self.dtype, name='pwconv2')(y)
+    return layers.dense(dim, ('mlp', 'embed'), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                        name='pwconv2')(y)
 
 
 class GatedConv(nn.Module):
