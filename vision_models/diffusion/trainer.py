@@ -8,7 +8,6 @@ weights in the state differ; SIGTERM checkpointing, non-finite guards and corrup
 The model input is `config.data.feature` of the examples ('image', or 'latent' for an `encode_latents` dataset).
 """
 import dataclasses
-import importlib.util
 import json
 import os
 from typing import Any
@@ -224,16 +223,6 @@ def save_grid(path: str, images: np.ndarray, labels: np.ndarray, columns: int = 
   Image.fromarray(grid[..., 0] if ch == 1 else grid).save(path)
 
 
-def load_config(path: str) -> Any:
-  """`get_config()` of a config file (a path like configs/quickstart.py)."""
-  if not os.path.exists(path):
-    raise ConfigError(f'config file {path!r} not found (config.sample.classifier_config)')
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str, workdir: str) -> dict[str, Any]:
   """Top-1 accuracy of the classifier in `workdir` (trained from `config_path` first if it has no checkpoint) on
   uint8 images, preprocessed by the classifier's own `pp_eval`."""
@@ -241,7 +230,7 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
   from vision_models.data import preprocess
   from vision_models.training import state as state_lib, steps, trainer as cls_trainer
 
-  config = load_config(config_path)
+  config = setup_lib.load_config(config_path, 'sample.classifier_config')
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
   if ckpt.latest_step() is None:
     print(f'No classifier checkpoint in {workdir}: training {config_path} there first')

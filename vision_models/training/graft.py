@@ -135,19 +135,6 @@ def _distill(variables, created, old_module, old_variables, new_module, sample_i
   return {'params': params, **rest}, (first, float(jax.jit(loss_fn)(params)))
 
 
-def load_config(path: Any) -> Any:
-  """`get_config()` of the config file at `path` (`config.init_from.config`); a config itself passes through."""
-  import importlib.util
-  if not isinstance(path, str):
-    return path
-  if not os.path.exists(path):
-    raise ConfigError(f'config file {path!r} not found (config.init_from.config)')
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def load_variables(init_from: Any) -> dict[str, Any]:
   """The variables of `init_from.workdir`'s latest checkpoint (or `init_from.checkpoint`, a `.../checkpoints/STEP`
   directory): the EMA weights when the state keeps them (`use_ema`, default True), plus the fixed variables."""

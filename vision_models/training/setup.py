@@ -5,6 +5,7 @@ the device count, a batch that does not split over the data-parallel devices, an
 a workdir that is not writable.
 """
 import dataclasses
+import importlib.util
 import os
 from typing import Any
 
@@ -48,6 +49,18 @@ def check_writable(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}); pass --workdir=A_WRITABLE_DIR') from None
+
+
+def load_config(path: Any, field: str) -> Any:
+  """`get_config()` of the config file at `path` (named by `config.<field>`); a config itself passes through."""
+  if not isinstance(path, str):
+    return path
+  if not os.path.exists(path):
+    raise ConfigError(f'config file {path!r} not found (config.{field})')
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def model_kwargs(config: Any) -> dict[str, Any]:

@@ -145,7 +145,8 @@ def initial_state(task: Task, rng: jax.Array) -> Any:
   old_variables = graft_lib.load_variables(init_from)
   inputs = task.model_inputs(next(task.batches(0)), rng)
   steps_n = init_from.get('distill_steps', 0)
-  old_module = task.model_for(graft_lib.load_config(init_from['config'])) if init_from.get('config') else None
+  old_config = setup_lib.load_config(init_from['config'], 'init_from.config') if init_from.get('config') else None
+  old_module = task.model_for(old_config) if old_config is not None else None
   variables, report = graft_lib.graft(old_variables, task.s.model, inputs, rng, distill=steps_n, old_module=old_module,
                                       learning_rate=init_from.get('distill_lr', 1e-3))
   if not init_from.get('graft', False) and (report.created or report.replaced):
