@@ -4,6 +4,7 @@ import json
 import os
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,3 +86,17 @@ def test_evaluate_an_exported_checkpoint_gives_the_workdir_figures(trained, tmp_
   np.testing.assert_allclose(results['eval/loss'], expected['eval/loss'], rtol=1e-5)
   at24 = evaluation.evaluate_checkpoint(config, out, str(tmp_path), resolution=24)
   assert at24['resized'] == ['pos_embed'] and os.path.isfile(tmp_path / 'eval_checkpoint.json')
+
+
+def test_fine_tuning_at_another_resolution_resamples_the_position_embedding():
+  """`config.init_from` of a 384 px fine-tune from a 224 px run: the grafted model loads every parameter, the
+  position embedding resampled (here 16 px → 24 px, 4×4 → 6×6 patches)."""
+  from vision_models import models
+  from vision_models.training import graft
+  kwargs = dict(num_classes=3, patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32)
+  old = models.create('vit', **kwargs).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  new_module = models.create('vit', **kwargs)
+  variables, report = graft.graft(old, new_module, (jnp.zeros((1, 24, 24, 3)),), jax.random.key(1))
+  assert report.resized == ['params/pos_embed'] and not report.replaced and not report.created
+  expected = resize.resize_posemb(nn.unbox(old)['params']['pos_embed'], 37)
+  chex.assert_trees_all_close(variables['params']['pos_embed'], expected)

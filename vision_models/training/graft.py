@@ -20,6 +20,7 @@ import optax
 from flax import traverse_util
 
 from vision_models.errors import ConfigError
+from vision_models.models import resize
 
 BLOCK = re.compile(r'blocks_\d+')
 
@@ -34,6 +35,7 @@ class GraftReport:
   created: list[str]
   sizes: dict[str, int]
   distill_mse: tuple[float, float] | None = None
+  resized: list[str] = dataclasses.field(default_factory=list)  # Loaded after resampling to another resolution.
 
   def counts(self) -> dict[str, tuple[int, int]]:
     """(tensors, elements) of each group."""
@@ -47,6 +49,7 @@ class GraftReport:
     for name, paths in (('replaced', self.replaced), ('created', self.created)):
       for path in _summarise(paths):
         lines.append(f'    {name}: {path}')
+    lines += [f'    resized: {path}' for path in self.resized]
     if self.distill_mse is not None:
       lines.append(f'  distillation: block-output MSE {self.distill_mse[0]:.4g} -> {self.distill_mse[1]:.4g}')
     return '\n'.join(lines)
@@ -91,12 +94,22 @@ def graft(old_variables: Any, new_module: nn.Module, sample_inputs: tuple, rng: 
   `apply_kwargs` (default `train=False`) go to every init / apply call."""
   apply_kwargs = {'train': False} if apply_kwargs is None else apply_kwargs
   old, fresh = _flat(old_variables), _flat(_init(new_module, sample_inputs, rng, apply_kwargs))
+  resized = []
+  for p, v in fresh.items():  # Another resolution: grid position embeddings / relative position tables resampled.
+    resizer = resize.RESIZERS.get(p.rsplit('/', 1)[-1])
+    if p.startswith('params/') and p in old and np.shape(old[p]) != np.shape(v) and resizer is not None:
+      try:
+        old[p] = resizer(jnp.asarray(old[p]), np.shape(v))
+        resized.append(p)
+      except ConfigError:  # Not a grid it can resample: the variable is replaced.
+        pass
   loaded = [p for p, v in fresh.items() if p in old and np.shape(old[p]) == np.shape(v)]
   loaded_set = set(loaded)
   report = GraftReport(
       loaded=loaded, replaced=[p for p in old if p not in loaded_set],
       created=[p for p in fresh if p not in loaded_set],
-      sizes={**{p: int(np.size(v)) for p, v in fresh.items()}, **{f'old:{p}': int(np.size(v)) for p, v in old.items()}})
+      sizes={**{p: int(np.size(v)) for p, v in fresh.items()}, **{f'old:{p}': int(np.size(v)) for p, v in old.items()}},
+      resized=resized)
   merged = {p: jnp.asarray(old[p], v.dtype) if p in loaded_set else v for p, v in fresh.items()}
   variables = traverse_util.unflatten_dict(merged, sep='/')
   if distill:
