@@ -56,14 +56,8 @@ def _check_out(out: str) -> str:
   out = os.path.abspath(out)
   if os.path.exists(os.path.join(out, 'variables')):
     raise ConfigError(f'--out {out!r} already holds an exported model; remove it or choose a new directory')
-  try:
-    os.makedirs(out, exist_ok=True)
-    probe = os.path.join(out, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'--out {out!r} is not writable ({e.strerror}); pass --out=A_WRITABLE_DIR') from None
+  from vision_models.training.setup import check_writable  # Lazy: it imports the input pipeline (TensorFlow).
+  check_writable(out, 'out')
   return out
 
 

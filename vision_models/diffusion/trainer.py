@@ -16,9 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vision_models import data, kernels, models, parallel
@@ -33,21 +31,9 @@ OBJECTIVES = ('ddpm', 'rectified_flow')
 
 
 @dataclasses.dataclass
-class Setup:
-  config: Any
-  model: nn.Module
-  mesh: Mesh
-  dataset: data.DatasetInfo
-  input_shape: tuple[int, int, int]
-  tx: optax.GradientTransformation
-  lr_schedule: optax.Schedule
-  state_shardings: train_step.DiffusionState
-  rules: tuple
+class Setup(setup_lib.Setup):
+  """The classification setup plus the diffusion process (`state_shardings` holds a `DiffusionState`)."""
   diffusion: GaussianDiffusion | None  # None for rectified flow.
-
-  @property
-  def per_host_batch(self) -> int:
-    return self.config.batch_size // jax.process_count()
 
   @property
   def objective(self) -> str:

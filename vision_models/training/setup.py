@@ -40,15 +40,16 @@ class Setup:
     return self.config.batch_size // jax.process_count()
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(directory: str, flag: str = 'workdir') -> None:
+  """Creates `directory` and writes a probe file in it; a ConfigError naming `--flag` when it cannot."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, '.write_test')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise ConfigError(f'workdir {workdir!r} is not writable ({e.strerror}); pass --workdir=A_WRITABLE_DIR') from None
+    raise ConfigError(f'{flag} {directory!r} is not writable ({e.strerror}); pass --{flag}=A_WRITABLE_DIR') from None
 
 
 def load_config(path: Any, field: str) -> Any:
