@@ -3,7 +3,8 @@
   python -m benchmarks.attention [--quick] [--seqs 256,1024] [--batch 1 --heads 4 --head-dim 64 --dtype float32]
 
 Prints one JSON line per (sequence length, implementation) with XLA's compiled memory analysis of fwd+bwd
-(`temp_bytes`: scratch beyond arguments and outputs) and the FLOP count; on a GPU or TPU also the median time.
+(`temp_bytes`: scratch beyond arguments and outputs) and the FLOP count; on a GPU or TPU also the median time, and on
+a GPU cuDNN's fused attention beside ours with a last line giving our time over cuDNN's at each length.
 On the CPU the Pallas kernel runs in interpret mode, so only its memory is meaningful there.
 A last line fits temp_bytes ∝ seq^exponent per implementation and exits with status 1 unless the kernel's exponent is
 near 1 (linear) and the reference's near 2 (quadratic).
@@ -22,12 +23,15 @@ from vision_models.kernels import flash_attention, reference_attention
 LINEAR_MAX, QUADRATIC_MIN = 1.25, 1.75  # bounds on the fitted memory exponents
 
 
-def impls(interpret: bool) -> dict:
-  return {
-      'pallas': lambda q, k, v: flash_attention(q, k, v, interpret=interpret),
+def impls(backend: str) -> dict:
+  found = {
+      'pallas': lambda q, k, v: flash_attention(q, k, v, interpret=backend == 'cpu'),
       'xla_reference': lambda q, k, v: reference_attention(q, k, v),
       'jax_nn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
   }
+  if backend == 'gpu':
+    found['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  return found
 
 
 def fwd_bwd(fn):
@@ -75,11 +79,11 @@ def main(argv=None) -> int:
   backend = jax.default_backend()
   timed = backend in ('gpu', 'tpu')
   device = jax.devices()[0].device_kind
-  temps = {}
+  temps, times = {}, {}
   for seq in seqs:
     shape = (args.batch, seq, args.heads, args.head_dim)
     spec = jax.ShapeDtypeStruct(shape, jnp.dtype(args.dtype))
-    for name, fn in impls(interpret=backend == 'cpu').items():
+    for name, fn in impls(backend).items():
       compiled = fwd_bwd(fn).lower(spec, spec, spec, spec).compile()
       memory = compiled.memory_analysis()
       row = {'benchmark': 'attention_fwd_bwd', 'impl': name, 'seq': seq, 'batch': args.batch, 'heads': args.heads,
@@ -91,8 +95,12 @@ def main(argv=None) -> int:
         inputs = [jax.random.normal(jax.random.key(i), shape, spec.dtype) for i in range(4)]
         row['seconds'] = time_it(compiled, inputs, args.repeats)
         row['tflops_per_s'] = row['flops'] / row['seconds'] / 1e12
+        times.setdefault(name, []).append(row['seconds'])
       temps.setdefault(name, []).append(row['temp_bytes'])
       print(json.dumps(row), flush=True)
+  if 'cudnn' in times:
+    print(json.dumps({'benchmark': 'attention_pallas_over_cudnn', 'seqs': seqs, 'device': device,
+                      'ratio': [p / c for p, c in zip(times['pallas'], times['cudnn'])]}), flush=True)
   if len(seqs) < 2:
     return 0
   # Memory at the smallest lengths is dominated by constants; fit over the upper half of the range.

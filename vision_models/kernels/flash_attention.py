@@ -32,14 +32,29 @@ _MAX_BLOCK = 128
 
 
 @dataclasses.dataclass(frozen=True)
+class Launch:
+  """One kernel's tiles, and on GPUs its Triton launch: warps per program and software-pipelining stages."""
+  block_q: int = _MAX_BLOCK
+  block_k: int = _MAX_BLOCK
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+KERNELS = ('fwd', 'dkv', 'dq')
+# Chosen on an H100 with `python -m benchmarks.attention_tune` (bfloat16, head_dim 64, 4K tokens; RESULTS.md).
+GPU_LAUNCH = {'fwd': Launch(128, 64, 4, 3), 'dkv': Launch(64, 128, 8, 2), 'dq': Launch(128, 64, 8, 2)}
+
+
+@dataclasses.dataclass(frozen=True)
 class _Config:
   sm_scale: float
   causal: bool
-  block_q: int
-  block_k: int
   q_len: int
   k_len: int
   interpret: bool
+  fwd: Launch
+  dkv: Launch
+  dq: Launch
 
   @property
   def offset(self) -> int:
@@ -47,8 +62,17 @@ class _Config:
     return self.k_len - self.q_len
 
   @property
+  def qp(self) -> int:
+    """Padded query length: a multiple of every kernel's query block (all powers of two)."""
+    return _pad_to(self.q_len, max(self.fwd.block_q, self.dkv.block_q, self.dq.block_q))
+
+  @property
+  def kp(self) -> int:
+    return _pad_to(self.k_len, max(self.fwd.block_k, self.dkv.block_k, self.dq.block_k))
+
+  @property
   def masked(self) -> bool:
-    return self.causal or self.k_len % self.block_k != 0
+    return self.causal or self.kp != self.k_len
 
 
 def _next_pow2(n: int) -> int:
@@ -85,19 +109,19 @@ def _logits(q, k, bias, cfg: _Config, q_start, k_start):
   return s
 
 
-def _k_hi(cfg: _Config, q_block, num_k: int):
+def _k_hi(cfg: _Config, tile: Launch, q_block, num_k: int):
   """Key blocks [0, hi) that query block `q_block` can see."""
   if not cfg.causal:
     return num_k
-  last_col = (q_block + 1) * cfg.block_q + cfg.offset  # exclusive
-  return jnp.clip(lax.div(jnp.maximum(last_col, 0) + cfg.block_k - 1, cfg.block_k), 0, num_k)
+  last_col = (q_block + 1) * tile.block_q + cfg.offset  # exclusive
+  return jnp.clip(lax.div(jnp.maximum(last_col, 0) + tile.block_k - 1, tile.block_k), 0, num_k)
 
 
-def _q_lo(cfg: _Config, k_block, num_q: int):
+def _q_lo(cfg: _Config, tile: Launch, k_block, num_q: int):
   """First query block that sees key block `k_block`."""
   if not cfg.causal:
     return 0
-  return jnp.minimum(lax.div(jnp.maximum(k_block * cfg.block_k - cfg.offset, 0), cfg.block_q), num_q)
+  return jnp.minimum(lax.div(jnp.maximum(k_block * tile.block_k - cfg.offset, 0), tile.block_q), num_q)
 
 
 def _split(refs, has_bias: bool, n_in: int):
@@ -110,7 +134,7 @@ def _split(refs, has_bias: bool, n_in: int):
 
 def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
   (q_ref, k_ref, v_ref, bias_ref), (o_ref, lse_ref) = _split(refs, has_bias, 3 + has_bias)
-  bq, bk = cfg.block_q, cfg.block_k
+  bq, bk = cfg.fwd.block_q, cfg.fwd.block_k
   i = pl.program_id(2)
   q = q_ref[...]
 
@@ -126,7 +150,7 @@ def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
     return acc, m_new, alpha * l + jnp.sum(p, axis=1, keepdims=True)
 
   init = (jnp.zeros(q.shape, jnp.float32), jnp.full((bq, 1), _MASK, jnp.float32), jnp.zeros((bq, 1), jnp.float32))
-  acc, m, l = lax.fori_loop(0, _k_hi(cfg, i, k_ref.shape[0] // bk), body, init)
+  acc, m, l = lax.fori_loop(0, _k_hi(cfg, cfg.fwd, i, k_ref.shape[0] // bk), body, init)
   l = jnp.where(l == 0, 1.0, l)  # rows that see no key at all (causal with q_len > k_len)
   o_ref[...] = (acc / l).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log(l)
@@ -141,7 +165,7 @@ def _probs_and_dlogits(q, k, v, bias, do, lse, delta, cfg, q_start, k_start):
 
 def _dkv_kernel(*refs, cfg: _Config, has_bias: bool):
   (q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref), (dk_ref, dv_ref) = _split(refs, has_bias, 6 + has_bias)
-  bq, bk = cfg.block_q, cfg.block_k
+  bq, bk = cfg.dkv.block_q, cfg.dkv.block_k
   j = pl.program_id(2)
   k, v = k_ref[...], v_ref[...]
 
@@ -157,7 +181,7 @@ def _dkv_kernel(*refs, cfg: _Config, has_bias: bool):
 
   num_q = q_ref.shape[0] // bq
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = lax.fori_loop(_q_lo(cfg, j, num_q), num_q, body, (zeros, zeros))
+  dk, dv = lax.fori_loop(_q_lo(cfg, cfg.dkv, j, num_q), num_q, body, (zeros, zeros))
   dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -165,7 +189,7 @@ def _dkv_kernel(*refs, cfg: _Config, has_bias: bool):
 def _dq_kernel(*refs, cfg: _Config, has_bias: bool):
   (q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref), outs = _split(refs, has_bias, 6 + has_bias)
   dq_ref, dbias_ref = outs if has_bias else (outs[0], None)
-  bq, bk = cfg.block_q, cfg.block_k
+  bq, bk = cfg.dq.block_q, cfg.dq.block_k
   i = pl.program_id(2)
   q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
 
@@ -179,7 +203,7 @@ def _dq_kernel(*refs, cfg: _Config, has_bias: bool):
     return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
   num_k = k_ref.shape[0] // bk
-  hi = _k_hi(cfg, i, num_k)
+  hi = _k_hi(cfg, cfg.dq, i, num_k)
   dq = lax.fori_loop(0, hi, body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
   if dbias_ref is not None and cfg.causal:  # key blocks past the diagonal get no gradient
@@ -194,7 +218,7 @@ def _dq_kernel(*refs, cfg: _Config, has_bias: bool):
 # ---------------------------------------------------------------------------------------------------- pallas calls
 
 
-def _pallas(kernel, cfg: _Config, head_dim: int, *, grid, in_specs, out_specs, out_shape, name):
+def _pallas(kernel, cfg: _Config, tile: Launch, *, grid, in_specs, out_specs, out_shape, name):
   """The pallas_call, with each backend's compiler params chosen at lowering time (one source for TPU and GPU)."""
 
   def call(params):
@@ -204,18 +228,20 @@ def _pallas(kernel, cfg: _Config, head_dim: int, *, grid, in_specs, out_specs, o
   if cfg.interpret:
     return call(None)
   tpu = call(pltpu.CompilerParams(dimension_semantics=('parallel',) * len(grid)))
-  gpu = call(pltriton.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2))
+  gpu = call(pltriton.CompilerParams(num_warps=tile.num_warps, num_stages=tile.num_stages))
   return lambda *args: lax.platform_dependent(*args, tpu=tpu, cuda=gpu, rocm=gpu)
 
 
 class _Layout:
-  """Kernel layout of one call: [batch, heads, padded seq, padded head_dim], bias as [Bb, Hb, k blocks, Qp, block_k]."""
+  """Kernel layout of one call: [batch, heads, padded seq, padded head_dim], bias as [Bb, Hb, k blocks, Qp, block_k].
+
+  With a bias every kernel uses the forward's tiles (flash_attention enforces it), so one bias layout serves all.
+  """
 
   def __init__(self, q, k, bias, cfg: _Config):
     self.batch, _, self.heads, self.head_dim = q.shape
     self.dp = max(16, _next_pow2(self.head_dim))  # Triton needs power-of-two tiles; zero columns change nothing
-    self.qp, self.kp = _pad_to(cfg.q_len, cfg.block_q), _pad_to(cfg.k_len, cfg.block_k)
-    self.nq, self.nk = self.qp // cfg.block_q, self.kp // cfg.block_k
+    self.qp, self.kp = cfg.qp, cfg.kp
     self.bias_bh = None if bias is None else bias.shape[:2]
     self.cfg = cfg
 
@@ -231,7 +257,7 @@ class _Layout:
     """[Bb, Hb, Q, K] -> [Bb, Hb, nk, Qp, block_k]: a key block is a leading index, no dynamic lane slicing."""
     cfg = self.cfg
     bias = jnp.pad(bias, ((0, 0), (0, 0), (0, self.qp - cfg.q_len), (0, self.kp - cfg.k_len)))
-    return bias.reshape(*bias.shape[:3], self.nk, cfg.block_k).transpose(0, 1, 3, 2, 4)
+    return bias.reshape(*bias.shape[:3], self.kp // cfg.fwd.block_k, cfg.fwd.block_k).transpose(0, 1, 3, 2, 4)
 
   def bias_map(self, fn):
     """Index map for the bias: broadcast batch / head dims always read block 0."""
@@ -262,16 +288,16 @@ def _varying(x: jax.Array) -> frozenset:
 
 def _forward(q, k, v, bias, cfg: _Config):
   lay = _Layout(q, k, bias, cfg)
-  bq, bk = cfg.block_q, cfg.block_k
+  bq, bk = cfg.fwd.block_q, cfg.fwd.block_k
   args = [lay.seq(q, lay.qp), lay.seq(k, lay.kp), lay.seq(v, lay.kp)]
   in_specs = [lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False), lay.rows(lay.kp, lay.dp, False)]
   if bias is not None:
     args.append(lay.bias(bias))
-    in_specs.append(pl.BlockSpec((None, None, lay.nk, bq, bk), lay.bias_map(lambda b, h, i: (b, h, 0, i, 0))))
+    in_specs.append(pl.BlockSpec((None, None, lay.kp // bk, bq, bk), lay.bias_map(lambda b, h, i: (b, h, 0, i, 0))))
   out_shape = [_out((lay.batch, lay.heads, lay.qp, lay.dp), q.dtype, q),
                _out((lay.batch, lay.heads, lay.qp, 1), jnp.float32, q)]
   kernel = functools.partial(_fwd_kernel, cfg=cfg, has_bias=bias is not None)
-  o, lse = _pallas(kernel, cfg, lay.dp, grid=(lay.batch, lay.heads, lay.nq), in_specs=in_specs,
+  o, lse = _pallas(kernel, cfg, cfg.fwd, grid=(lay.batch, lay.heads, lay.qp // bq), in_specs=in_specs,
                    out_specs=[lay.rows(bq, lay.dp), lay.rows(bq, 1)], out_shape=out_shape,
                    name='flash_attention_fwd')(*args)
   return lay.unseq(o, cfg.q_len), lse
@@ -280,32 +306,35 @@ def _forward(q, k, v, bias, cfg: _Config):
 def _backward(cfg: _Config, residuals, do):
   q, k, v, bias, o, lse = residuals
   lay = _Layout(q, k, bias, cfg)
-  bq, bk, has_bias = cfg.block_q, cfg.block_k, bias is not None
+  has_bias = bias is not None
   delta = jnp.einsum('bqhd,bqhd->bhq', o.astype(jnp.float32), do.astype(jnp.float32))
   delta = jnp.pad(delta, ((0, 0), (0, 0), (0, lay.qp - cfg.q_len)))[..., None]
   qt, kt, vt, dot = lay.seq(q, lay.qp), lay.seq(k, lay.kp), lay.seq(v, lay.kp), lay.seq(do, lay.qp)
   args = [qt, kt, vt] + ([lay.bias(bias)] if has_bias else []) + [dot, lse, delta]
-  grid_k, grid_q = (lay.batch, lay.heads, lay.nk), (lay.batch, lay.heads, lay.nq)
 
   # dK, dV: one key block per grid step, all query rows resident.
+  bq, bk = cfg.dkv.block_q, cfg.dkv.block_k
   q_all, k_blk = lay.rows(lay.qp, lay.dp, False), lay.rows(bk, lay.dp)
   specs = [q_all, k_blk, k_blk] + (
       [pl.BlockSpec((None, None, None, lay.qp, bk), lay.bias_map(lambda b, h, j: (b, h, j, 0, 0)))] if has_bias
       else []) + [q_all, lay.rows(lay.qp, 1, False), lay.rows(lay.qp, 1, False)]
-  dk, dv = _pallas(functools.partial(_dkv_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_k,
+  dk, dv = _pallas(functools.partial(_dkv_kernel, cfg=cfg, has_bias=has_bias), cfg, cfg.dkv,
+                   grid=(lay.batch, lay.heads, lay.kp // bk),
                    in_specs=specs, out_specs=[k_blk, k_blk], name='flash_attention_dkv',
                    out_shape=[_out(kt.shape, k.dtype, q), _out(vt.shape, v.dtype, q)])(*args)
 
   # dQ (and dS = dbias): one query block per grid step, all keys resident.
+  bq, bk = cfg.dq.block_q, cfg.dq.block_k
   q_blk, k_all = lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False)
-  bias_blk = pl.BlockSpec((None, None, lay.nk, bq, bk), lambda b, h, i: (b, h, 0, i, 0))
+  bias_blk = pl.BlockSpec((None, None, lay.kp // bk, bq, bk), lambda b, h, i: (b, h, 0, i, 0))
   specs = [q_blk, k_all, k_all] + (
       [pl.BlockSpec(bias_blk.block_shape, lay.bias_map(lambda b, h, i: (b, h, 0, i, 0)))] if has_bias else []) + [
           q_blk, lay.rows(bq, 1), lay.rows(bq, 1)]
   out_shape = [_out(qt.shape, q.dtype, q)]
   if has_bias:
-    out_shape.append(_out((lay.batch, lay.heads, lay.nk, lay.qp, bk), jnp.float32, q))
-  outs = _pallas(functools.partial(_dq_kernel, cfg=cfg, has_bias=has_bias), cfg, lay.dp, grid=grid_q,
+    out_shape.append(_out((lay.batch, lay.heads, lay.kp // bk, lay.qp, bk), jnp.float32, q))
+  outs = _pallas(functools.partial(_dq_kernel, cfg=cfg, has_bias=has_bias), cfg, cfg.dq,
+                 grid=(lay.batch, lay.heads, lay.qp // bq),
                  in_specs=specs, out_specs=[q_blk, bias_blk][:len(out_shape)], out_shape=out_shape,
                  name='flash_attention_dq')(*args)
   dbias = None
@@ -341,15 +370,34 @@ def _full_bias(bias: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
   return jnp.broadcast_to(bias, bias.shape[:2] + shape[2:])
 
 
+def _launches(launch: dict[str, Launch] | None, block_q: int | None, block_k: int | None, q_len: int, k_len: int,
+              shared_tiles: bool) -> dict[str, Launch]:
+  """Each kernel's Launch: `launch`, else the backend's default; block_q / block_k override every kernel's tiles."""
+  unknown = set(launch or {}) - set(KERNELS)
+  if unknown:
+    raise ConfigError(f'launch has unknown kernels {sorted(unknown)}; the kernels are {", ".join(KERNELS)}')
+  defaults = GPU_LAUNCH if jax.default_backend() == 'gpu' else {}
+  out = {}
+  for name in KERNELS:
+    tile = (launch or {}).get(name) or defaults.get(name) or Launch()
+    if shared_tiles and name != 'fwd':  # a bias is laid out in the forward's key blocks
+      tile = dataclasses.replace(tile, block_q=out['fwd'].block_q, block_k=out['fwd'].block_k)
+    out[name] = dataclasses.replace(tile, block_q=_block(block_q or tile.block_q, q_len, 'block_q'),
+                                    block_k=_block(block_k or tile.block_k, k_len, 'block_k'))
+  return out
+
+
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None, causal: bool = False,
                     sm_scale: float | None = None, block_q: int | None = None, block_k: int | None = None,
-                    interpret: bool | None = None) -> jax.Array:
+                    launch: dict[str, Launch] | None = None, interpret: bool | None = None) -> jax.Array:
   """softmax(q kᵀ · sm_scale + bias) v without materialising the [q, k] matrix, differentiable in q, k, v, bias.
 
   q `[batch, q_len, heads, head_dim]`, k and v `[batch, k_len, heads, head_dim]` (jax.nn.dot_product_attention's
   layout); bias broadcastable to `[batch, heads, q_len, k_len]`. Any lengths (padded to the blocks and masked).
-  `sm_scale` defaults to 1/sqrt(head_dim). Blocks default to 128, or one block for sequences up to 128 tokens; they
-  must be powers of two. `interpret=None` interprets the kernels when the default backend is the CPU.
+  `sm_scale` defaults to 1/sqrt(head_dim). `launch` maps 'fwd', 'dkv', 'dq' to each kernel's `Launch` (tiles, Triton
+  warps and stages); the default is `GPU_LAUNCH` on GPUs and 128 x 128 tiles elsewhere, tiles shrunk to one block for
+  short sequences; `block_q` / `block_k` set every kernel's tiles (powers of two). `interpret=None` interprets the
+  kernels when the default backend is the CPU.
   Softmax statistics and accumulators are float32 whatever the input dtype; the output has q's dtype.
   """
   if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[::2] != k.shape[::2] or q.shape[3] != k.shape[3]:
@@ -359,8 +407,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array
   k_len = k.shape[1]
   if bias is not None:
     bias = _full_bias(bias, (batch, heads, q_len, k_len))
+  tiles = _launches(launch, block_q, block_k, q_len, k_len, shared_tiles=bias is not None)
   cfg = _Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
-                block_q=_block(block_q, q_len, 'block_q'), block_k=_block(block_k, k_len, 'block_k'),
                 q_len=q_len, k_len=k_len,
-                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret))
+                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret), **tiles)
   return _flash(q, k, v, bias, cfg)

@@ -1,0 +1,82 @@
+"""Chooses the flash kernels' GPU launches (tiles, warps, stages) by timing candidates against cuDNN on this GPU.
+
+  python -m benchmarks.attention_tune [--seq 4096 --batch 4 --heads 16 --head-dim 64 --dtype bfloat16]
+
+Sweeps the forward kernel alone, then the dK/dV kernel and the dQ kernel inside the full forward + backward (each
+with the best choice of the earlier sweeps), one JSON line per candidate, and ends with the best launches, their
+fwd+bwd time and the ratio to cuDNN's (`jax.nn.dot_product_attention(implementation='cudnn')`). The winner is what
+`vision_models.kernels.flash_attention.GPU_LAUNCH` should hold. Needs a GPU (Triton): on the CPU it exits 2.
+"""
+import argparse
+import itertools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.attention import flops, fwd_bwd, time_it
+from vision_models.kernels import GPU_LAUNCH, Launch, flash_attention
+
+SWEEPS = {  # block_q, block_k, num_warps, num_stages
+    'fwd': itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4)),
+    'dkv': itertools.product((32, 64, 128), (64, 128), (4, 8), (2, 3)),
+    'dq': itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)),
+}
+
+
+def timed(fn, shape, dtype, repeats: int, backward: bool) -> float:
+  inputs = [jax.random.normal(jax.random.key(i), shape, dtype) for i in range(4)]
+  if backward:
+    return time_it(fwd_bwd(fn).lower(*inputs).compile(), inputs, repeats)
+  return time_it(jax.jit(fn).lower(*inputs[:3]).compile(), inputs[:3], repeats)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--seq', type=int, default=4096)
+  parser.add_argument('--batch', type=int, default=4)
+  parser.add_argument('--heads', type=int, default=16)
+  parser.add_argument('--head-dim', type=int, default=64)
+  parser.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
+  parser.add_argument('--repeats', type=int, default=20)
+  args = parser.parse_args(argv)
+  if jax.default_backend() != 'gpu':
+    print('attention_tune needs a GPU: the Triton launch parameters mean nothing elsewhere', file=sys.stderr)
+    return 2
+  shape, dtype = (args.batch, args.seq, args.heads, args.head_dim), jnp.dtype(args.dtype)
+  base = {'seq': args.seq, 'batch': args.batch, 'heads': args.heads, 'head_dim': args.head_dim, 'dtype': args.dtype,
+          'device': jax.devices()[0].device_kind}
+  work = flops(args.batch, args.heads, args.seq, args.head_dim)['flops']
+  cudnn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  reference = {'fwd': timed(cudnn, shape, dtype, args.repeats, False),
+               'fwd_bwd': timed(cudnn, shape, dtype, args.repeats, True)}
+  print(json.dumps({**base, 'impl': 'cudnn', 'seconds': reference, 'tflops_per_s': work / reference['fwd_bwd'] / 1e12}),
+        flush=True)
+  best = dict(GPU_LAUNCH)
+  for kernel, candidates in SWEEPS.items():
+    results = []
+    for tiles in candidates:
+      launch = {**best, kernel: Launch(*tiles)}
+      fn = lambda q, k, v, launch=launch: flash_attention(q, k, v, launch=launch)
+      try:
+        seconds = timed(fn, shape, dtype, args.repeats, backward=kernel != 'fwd')
+      except Exception as error:  # e.g. a tile that needs more shared memory than the GPU has
+        print(json.dumps({**base, 'kernel': kernel, 'launch': tiles, 'error': str(error).splitlines()[0][:200]}),
+              flush=True)
+        continue
+      results.append((seconds, tiles))
+      print(json.dumps({**base, 'kernel': kernel, 'launch': tiles, 'seconds': seconds}), flush=True)
+    if results:
+      best[kernel] = Launch(*min(results)[1])
+  fn = lambda q, k, v: flash_attention(q, k, v, launch=best)
+  ours = {'fwd': timed(fn, shape, dtype, args.repeats, False), 'fwd_bwd': timed(fn, shape, dtype, args.repeats, True)}
+  print(json.dumps({**base, 'impl': 'pallas_best', 'launch': {k: list(vars(v).values()) for k, v in best.items()},
+                    'seconds': ours, 'tflops_per_s': work / ours['fwd_bwd'] / 1e12,
+                    'fwd_bwd_over_cudnn': ours['fwd_bwd'] / reference['fwd_bwd'],
+                    'fwd_over_cudnn': ours['fwd'] / reference['fwd']}), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
