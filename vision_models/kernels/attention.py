@@ -43,7 +43,20 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
 def _cudnn(q, k, v, bias=None, *, causal=False, sm_scale=None):
   if bias is not None:  # cuDNN wants the bias at full rank [b, h, q, k].
     bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn')
+  call = lambda q, k, v, bias, **lengths: jax.nn.dot_product_attention(
+      q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn', **lengths)
+  try:
+    return call(q, k, v, bias)
+  except NotImplementedError:  # cuDNN's training kernels refuse some lengths (ViT's 197 on some versions)
+    pass
+  # Pad both sequences to a multiple of 64 and give cuDNN the true lengths, so the padded keys are masked out.
+  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -n % 64)] + [(0, 0)] * (x.ndim - 2))
+  q_len, k_len = q.shape[1], k.shape[1]
+  if bias is not None:
+    bias = jnp.pad(bias, [(0, 0), (0, 0), (0, -q_len % 64), (0, -k_len % 64)])
+  lengths = {'query_seq_lengths': jnp.full((q.shape[0],), q_len, jnp.int32),
+             'key_value_seq_lengths': jnp.full((q.shape[0],), k_len, jnp.int32)}
+  return call(pad(q, q_len), pad(k, k_len), pad(v, k_len), bias, **lengths)[:, :q_len]
 
 
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:

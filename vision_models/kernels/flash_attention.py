@@ -5,8 +5,9 @@ in interpret mode on the CPU). Kernels work in the `[batch, heads, seq, head_dim
 dims), with sequences zero-padded to a whole number of blocks; padded keys are masked inside the kernels.
 
   forward   grid (batch, heads, q blocks); K/V of one (batch, head) stay resident while a `fori_loop` walks the key
-            blocks keeping the running max `m`, sum `l` and output accumulator in float32. Saves o and lse = m + log l.
-  backward  recomputes the probabilities p = exp(s - lse) block by block (never the full matrix):
+            blocks keeping the running max `m`, sum `l` and output accumulator in float32. Saves o and lse = m + log2 l.
+            Logits are kept in base 2 (scaled by log2 e), so each probability costs one exp2 and no extra multiply.
+  backward  recomputes the probabilities p = exp2(s - lse) block by block (never the full matrix):
             dK/dV kernel, grid (batch, heads, k blocks), loops over query blocks;
             dQ kernel, grid (batch, heads, q blocks), loops over key blocks and also writes dS (= dbias) when a bias
             is given. delta = rowsum(o * do) is computed outside, in XLA.
@@ -29,6 +30,7 @@ _MASK = -0.7 * float(np.finfo(np.float32).max)  # finite: a fully masked block g
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _MAX_BLOCK = 128
+_LOG2E = float(np.log2(np.e))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Launch:
 
 KERNELS = ('fwd', 'dkv', 'dq')
 # Chosen on an H100 with `python -m benchmarks.attention_tune` (bfloat16, head_dim 64, 4K tokens; RESULTS.md).
-GPU_LAUNCH = {'fwd': Launch(128, 64, 4, 3), 'dkv': Launch(64, 128, 8, 2), 'dq': Launch(128, 64, 8, 2)}
+GPU_LAUNCH = {'fwd': Launch(128, 64, 8, 3), 'dkv': Launch(64, 64, 4, 3), 'dq': Launch(128, 64, 4, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +97,10 @@ def _pad_to(n: int, block: int) -> int:
 
 
 def _logits(q, k, bias, cfg: _Config, q_start, k_start):
-  """Scaled, biased, masked float32 logits of one [block_q, block_k] tile."""
-  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.sm_scale
+  """Scaled, biased, masked float32 logits of one [block_q, block_k] tile, in base 2: (q kᵀ · scale + bias) log2 e."""
+  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * (cfg.sm_scale * _LOG2E)
   if bias is not None:
-    s = s + bias.astype(jnp.float32)
+    s = s + bias.astype(jnp.float32) * _LOG2E
   if cfg.masked:
     rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
     cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
@@ -143,8 +145,8 @@ def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
     start = pl.multiple_of(j * bk, bk)
     s = _logits(q, k_ref[pl.ds(start, bk), :], None if bias_ref is None else bias_ref[j], cfg, i * bq, start)
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-    alpha = jnp.exp(m - m_new)
-    p = jnp.exp(s - m_new)
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s - m_new)
     v = v_ref[pl.ds(start, bk), :]
     acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return acc, m_new, alpha * l + jnp.sum(p, axis=1, keepdims=True)
@@ -153,12 +155,12 @@ def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
   acc, m, l = lax.fori_loop(0, _k_hi(cfg, cfg.fwd, i, k_ref.shape[0] // bk), body, init)
   l = jnp.where(l == 0, 1.0, l)  # rows that see no key at all (causal with q_len > k_len)
   o_ref[...] = (acc / l).astype(o_ref.dtype)
-  lse_ref[...] = m + jnp.log(l)
+  lse_ref[...] = m + jnp.log2(l)
 
 
 def _probs_and_dlogits(q, k, v, bias, do, lse, delta, cfg, q_start, k_start):
   """Recomputed probabilities p and the logit gradient dS = p * (dP - delta) of one tile."""
-  p = jnp.exp(_logits(q, k, bias, cfg, q_start, k_start) - lse)
+  p = jnp.exp2(_logits(q, k, bias, cfg, q_start, k_start) - lse)
   dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
   return p, p * (dp - delta)
 

@@ -27,15 +27,27 @@ def device_peak_flops(override: float | None = None) -> float | None:
   return None
 
 
-def step_flops(jitted: Any, *args: Any) -> float | None:
-  """FLOPs of one call of `jitted(*args)` from the cost analysis of its lowered (global, unpartitioned) HLO."""
-  try:
-    cost = jitted.lower(*args).cost_analysis()
-  except Exception:  # Some backends cannot analyse every op; MFU is then just not reported.
-    return None
+def _flops(cost: Any) -> float | None:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = (cost or {}).get('flops')
   return float(flops) if flops else None
+
+
+def step_flops(jitted: Any, *args: Any) -> float | None:
+  """FLOPs of one call of `jitted(*args)`: XLA's cost analysis of the lowered (global, unpartitioned) HLO, else of
+  the compiled executable (some backends analyse only that). Custom calls (Pallas, cuDNN kernels) count nothing."""
+  try:
+    lowered = jitted.lower(*args)
+  except Exception:  # Some backends cannot analyse every op; MFU is then just not reported.
+    return None
+  for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
+    try:
+      flops = _flops(analyse())
+    except Exception:
+      continue
+    if flops:
+      return flops
+  return None
 
 
 def mfu(flops_per_step: float | None, step_seconds: float, peak: float | None, num_devices: int) -> float | None:
