@@ -14,6 +14,26 @@ def test_step_flops_counts_a_matmul():
   assert perf.step_flops(f, a, b) == pytest.approx(2 * 64 * 32 * 16, rel=0.05)
 
 
+def test_jaxpr_flops_agree_with_xla_cost_analysis(monkeypatch):
+  # The fallback for GPUs without lowered cost analysis: a conv, a matmul and a scan of matmuls, and its gradient.
+  def loss(w, k, x):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    h = y.reshape(y.shape[0], -1) @ w
+    h, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w[:16, :16]), None), h[:, :16], None, length=3)
+    return h.sum()
+
+  f = parallel.under_mesh(jax.jit(jax.grad(loss)), parallel.make_mesh(dict(data=-1)))
+  args = jnp.ones((8 * 8 * 4, 16)), jnp.ones((3, 3, 2, 4)), jnp.ones((2, 8, 8, 2))
+  xla = perf.step_flops(f, *args)
+  from_jaxpr = perf.jaxpr_flops(f.trace(*args).jaxpr)
+  assert from_jaxpr == pytest.approx(xla, rel=0.05)
+
+  def unavailable(*_):
+    raise NotImplementedError('Lowered.cost_analysis not implemented on this platform')
+  monkeypatch.setattr(jax.stages.Lowered, 'cost_analysis', unavailable)
+  assert perf.step_flops(f, *args) == from_jaxpr
+
+
 def test_mfu_and_peaks(monkeypatch):
   assert perf.mfu(1e12, 0.5, 1e12, 4) == pytest.approx(0.5)
   assert perf.mfu(None, 0.5, 1e12, 4) is None and perf.mfu(1e12, 0.5, None, 4) is None

@@ -44,7 +44,7 @@ class Launch:
 
 KERNELS = ('fwd', 'dkv', 'dq')
 # Chosen on an H100 with `python -m benchmarks.attention_tune` (bfloat16, head_dim 64, 4K tokens; RESULTS.md).
-GPU_LAUNCH = {'fwd': Launch(128, 64, 8, 3), 'dkv': Launch(64, 64, 4, 3), 'dq': Launch(128, 64, 4, 3)}
+GPU_LAUNCH = {'fwd': Launch(64, 128, 4, 2), 'dkv': Launch(64, 64, 4, 3), 'dq': Launch(128, 32, 4, 3)}
 
 
 @dataclasses.dataclass(frozen=True)

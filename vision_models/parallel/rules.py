@@ -85,7 +85,11 @@ def under_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     with jax.set_mesh(mesh):
       return fn.lower(*args, **kwargs)
 
-  wrapped.lower = lower  # For cost analysis (FLOPs per step) of the jitted function.
+  def trace(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn.trace(*args, **kwargs)
+
+  wrapped.lower, wrapped.trace = lower, trace  # For cost analysis (FLOPs per step) of the jitted function.
   return wrapped
 
 
