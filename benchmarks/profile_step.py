@@ -24,7 +24,7 @@ SKIPPED_LINES = ('XLA Modules', 'Steps', 'python', 'XLA TraceMe', 'Source code',
 
 
 def op_events(path: str):
-  """(name, category, seconds) of every XLA op event on the device planes (or the CPU's XLA threads) of a trace."""
+  """(name, category, source, seconds) of every XLA op event on the device planes (or the CPU's XLA threads) of a trace."""
   data = ProfileData.from_file(path)
   planes = [p for p in data.planes if p.name.startswith('/device:')]
   on_host = not planes  # the CPU backend: XLA ops are events tagged with `hlo_op` among the host's thread events
@@ -39,19 +39,22 @@ def op_events(path: str):
         stats = dict(event.stats)
         if on_host and 'hlo_op' not in stats:
           continue
-        yield event.name, str(stats.get('hlo_category', 'unknown')), event.duration_ns * 1e-9
+        where = str(stats.get('tf_op') or stats.get('long_name') or '')[:160]  # the JAX op path, where recorded
+        yield event.name, str(stats.get('hlo_category', 'unknown')), where, event.duration_ns * 1e-9
 
 
 def summarise(events, steps: int, top: int) -> list[dict]:
   by_category, by_kind, by_name = collections.Counter(), collections.Counter(), collections.Counter()
-  for name, category, seconds in events:
+  wheres = {}
+  for name, category, where, seconds in events:
+    wheres[name] = where
     by_category[category] += seconds
     by_kind[re.sub(r'[.\d]+$', '', name)] += seconds  # fusion.12 and fusion.40 are both 'fusion'
     by_name[(name, category)] += seconds
   total = sum(by_category.values()) or 1.0
   rows = [{'category': c, 'ms_per_step': 1e3 * s / steps, 'share': s / total} for c, s in by_category.most_common()]
   rows += [{'kind': k, 'ms_per_step': 1e3 * s / steps, 'share': s / total} for k, s in by_kind.most_common(top)]
-  rows += [{'op': n, 'category': c, 'ms_per_step': 1e3 * s / steps, 'share': s / total}
+  rows += [{'op': n, 'category': c, 'ms_per_step': 1e3 * s / steps, 'share': s / total, 'source': wheres[n]}
            for (n, c), s in by_name.most_common(top)]
   return [{'device_ms_per_step': 1e3 * total / steps}] + rows
 

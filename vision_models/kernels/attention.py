@@ -40,23 +40,33 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
+def _cudnn_padded(q, k, v, bias, multiple: int, causal: bool, sm_scale: float | None):
+  """cuDNN attention on sequences zero-padded to a multiple of `multiple`, told the true lengths (padded keys masked)."""
+  q_len, k_len = q.shape[1], k.shape[1]
+  lengths = {}
+  if multiple > 1:
+    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -n % multiple)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    q, k, v = pad(q, q_len), pad(k, k_len), pad(v, k_len)
+    if bias is not None:
+      bias = jnp.pad(bias, [(0, 0), (0, 0), (0, -q_len % multiple), (0, -k_len % multiple)])
+    lengths = {'query_seq_lengths': jnp.full((q.shape[0],), q_len, jnp.int32),
+               'key_value_seq_lengths': jnp.full((q.shape[0],), k_len, jnp.int32)}
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn',
+                                     **lengths)
+  return out[:, :q_len]
+
+
 def _cudnn(q, k, v, bias=None, *, causal=False, sm_scale=None):
   if bias is not None:  # cuDNN wants the bias at full rank [b, h, q, k].
     bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
-  call = lambda q, k, v, bias, **lengths: jax.nn.dot_product_attention(
-      q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn', **lengths)
-  try:
-    return call(q, k, v, bias)
-  except NotImplementedError:  # cuDNN's training kernels refuse some lengths (ViT's 197 on some versions)
-    pass
-  # Pad both sequences to a multiple of 64 and give cuDNN the true lengths, so the padded keys are masked out.
-  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -n % 64)] + [(0, 0)] * (x.ndim - 2))
-  q_len, k_len = q.shape[1], k.shape[1]
-  if bias is not None:
-    bias = jnp.pad(bias, [(0, 0), (0, 0), (0, -q_len % 64), (0, -k_len % 64)])
-  lengths = {'query_seq_lengths': jnp.full((q.shape[0],), q_len, jnp.int32),
-             'key_value_seq_lengths': jnp.full((q.shape[0],), k_len, jnp.int32)}
-  return call(pad(q, q_len), pad(k, k_len), pad(v, k_len), bias, **lengths)[:, :q_len]
+  # cuDNN's training kernels refuse some lengths at trace time (ViT's 197 on some versions): the smallest padding
+  # it takes wins.
+  for multiple in (1, 8, 64):
+    try:
+      return _cudnn_padded(q, k, v, bias, multiple, causal, sm_scale)
+    except NotImplementedError:
+      if multiple == 64:
+        raise
 
 
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:

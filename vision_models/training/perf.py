@@ -67,9 +67,11 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
   Custom calls (Pallas, cuDNN kernels) count nothing either way."""
   try:
     return _cost_flops(jitted.lower(*args).cost_analysis())
-  except NotImplementedError:
+  except Exception:  # NotImplementedError or a runtime error, by version, on backends without the analysis
+    pass
+  try:
     return jaxpr_flops(jitted.trace(*args).jaxpr) or None
-  except Exception:  # Some backends cannot analyse every op; MFU is then just not reported.
+  except Exception:  # MFU is then just not reported.
     return None
 
 
