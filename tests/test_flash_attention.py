@@ -204,3 +204,21 @@ def test_splash_lowers_for_tpu():
   q = jax.ShapeDtypeStruct((2, 197, 4, 64), jnp.bfloat16)
   bwd = jax.grad(lambda *a: splash_attention(*a, causal=True, interpret=False).astype(jnp.float32).sum(), (0, 1, 2))
   assert export(bwd, 'tpu', q, q, q).mlir_module().count('tpu_custom_call') == 3
+
+
+def test_cudnn_path_pads_lengths_and_masks_the_padding(monkeypatch):
+  # The cuDNN dispatch pads ViT's 197 tokens to 256 and passes the true lengths; run that path through XLA's
+  # implementation (this machine has no cuDNN) and compare with the reference, with and without a bias.
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def on_xla(q, *args, implementation=None, **kwargs):
+    calls.append((q.shape[1], implementation, sorted(kwargs)))
+    return real(q, *args, implementation='xla', **kwargs)
+
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', on_xla)
+  q, k, v, bias, _ = inputs(2, 197, 197, 3, 16, (1, 3, 197, 197))
+  for b in (None, bias):
+    np.testing.assert_allclose(kernels.attention(q, k, v, b, impl='cudnn'), reference_attention(q, k, v, b),
+                               atol=1e-5)
+  assert calls[0][:2] == (256, 'cudnn') and 'key_value_seq_lengths' in calls[0][2]

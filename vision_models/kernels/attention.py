@@ -40,33 +40,26 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
-def _cudnn_padded(q, k, v, bias, multiple: int, causal: bool, sm_scale: float | None):
-  """cuDNN attention on sequences zero-padded to a multiple of `multiple`, told the true lengths (padded keys masked)."""
-  q_len, k_len = q.shape[1], k.shape[1]
-  lengths = {}
-  if multiple > 1:
-    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -n % multiple)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    q, k, v = pad(q, q_len), pad(k, k_len), pad(v, k_len)
-    if bias is not None:
-      bias = jnp.pad(bias, [(0, 0), (0, 0), (0, -q_len % multiple), (0, -k_len % multiple)])
-    lengths = {'query_seq_lengths': jnp.full((q.shape[0],), q_len, jnp.int32),
-               'key_value_seq_lengths': jnp.full((q.shape[0],), k_len, jnp.int32)}
-  out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn',
-                                     **lengths)
-  return out[:, :q_len]
+_CUDNN_MULTIPLE = 64  # sequence lengths cuDNN's fused training kernels take on every version JAX supports
 
 
 def _cudnn(q, k, v, bias=None, *, causal=False, sm_scale=None):
   if bias is not None:  # cuDNN wants the bias at full rank [b, h, q, k].
     bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
-  # cuDNN's training kernels refuse some lengths at trace time (ViT's 197 on some versions): the smallest padding
-  # it takes wins.
-  for multiple in (1, 8, 64):
-    try:
-      return _cudnn_padded(q, k, v, bias, multiple, causal, sm_scale)
-    except NotImplementedError:
-      if multiple == 64:
-        raise
+  q_len, k_len = q.shape[1], k.shape[1]
+  lengths = {}
+  if q_len % _CUDNN_MULTIPLE or k_len % _CUDNN_MULTIPLE:
+    # Other lengths (ViT's 197) are refused by some versions, and only once the backward is traced (late, under
+    # remat): pad both sequences and give cuDNN the true lengths, so the padded keys are masked out.
+    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -n % _CUDNN_MULTIPLE)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    q, k, v = pad(q, q_len), pad(k, k_len), pad(v, k_len)
+    if bias is not None:
+      bias = jnp.pad(bias, [(0, 0), (0, 0), (0, -q_len % _CUDNN_MULTIPLE), (0, -k_len % _CUDNN_MULTIPLE)])
+    lengths = {'query_seq_lengths': jnp.full((q.shape[0],), q_len, jnp.int32),
+               'key_value_seq_lengths': jnp.full((q.shape[0],), k_len, jnp.int32)}
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=causal, scale=sm_scale, implementation='cudnn',
+                                     **lengths)
+  return out[:, :q_len]
 
 
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:

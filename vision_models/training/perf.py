@@ -66,7 +66,9 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
   the backend has no such analysis (GPUs through the PJRT C API), the matmul and convolution FLOPs of its jaxpr.
   Custom calls (Pallas, cuDNN kernels) count nothing either way."""
   try:
-    return _cost_flops(jitted.lower(*args).cost_analysis())
+    flops = _cost_flops(jitted.lower(*args).cost_analysis())
+    if flops:
+      return flops
   except Exception:  # NotImplementedError or a runtime error, by version, on backends without the analysis
     pass
   try:
