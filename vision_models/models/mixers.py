@@ -17,8 +17,16 @@ Options (`mixer_options`): a flat key goes to every mixer of the model whose fac
 `{'window_attention': {'window': 4}}`. `select_options` does that split and `check_options` rejects keys no mixer
 of the model takes. Prefix tokens: see `mixer_ops` (local attention: global for them; conv/pool: the grid mean).
 
-Registered token mixers: attention, identity, window_attention, grid_attention, linear_attention, pooling, dwconv,
-inception_dwconv, sepconv, gated_conv, hyena, hyena2d. Channel mixers: mlp (exact GELU), mlp_tanh, swiglu.
+Registered token mixers: attention, identity, window_attention, grid_attention (and their relative-position-bias
+forms window_attention_relpos, grid_attention_relpos: MaxViT's), linear_attention, pooling, dwconv, inception_dwconv,
+sepconv, gated_conv, hyena, hyena2d; the families add metaformer_attention, mhca and e_mhsa (Next-ViT) and
+dilated_reparam (UniRepLKNet) when `vision_models.models` is imported. Channel mixers: mlp (exact GELU), mlp_tanh,
+swiglu.
+
+Families on this registry: ViT, DiT, ConvNeXt, MetaFormer (PoolFormer, ConvFormer, CAFormer), InceptionNeXt, MaxViT,
+Next-ViT, UniRepLKNet. A MaxViT block has two token mixers (block, grid attention), as has a Next-ViT transformer
+block (E-MHSA, MHCA): there `mixer` and a `mixer_overrides` value are one name for both or one per mixer
+(`block_mixers`).
 """
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
