@@ -3,8 +3,9 @@
 Stem (3×3 s2 conv → BN+GELU → 3×3 conv), then stages of MaxViT blocks: MBConv (pre-norm BN, 1×1 expand ×4, 3×3
 depthwise with the stage's stride, squeeze-excitation, 1×1 project) → block attention (w×w windows) + FFN → grid
 attention (a w×w grid dilated over the whole map) + FFN, with w = image_size / 32. Attention has 32-wide heads and a
-learned 2-D relative position bias table (heads, 2w−1, 2w−1). Head: average pool → LN → pre-logits dense + tanh → dense. Both attentions are token mixers of
-`models/mixers.py` (`window_attention_relpos`, `grid_attention_relpos`): `mixer_overrides` puts any other in any block.
+learned 2-D relative position bias table (heads, 2w−1, 2w−1). Head: average pool → LN → pre-logits dense + tanh →
+dense. Both attentions are token mixers of `models/mixers.py` (`window_attention_relpos`, `grid_attention_relpos`):
+`mixer_overrides` puts any other registered mixer in any block.
 
 TF conventions the weights need: BatchNorm eps 1e-3, LayerNorm eps 1e-5, tanh GELU, TF 'SAME' padding (asymmetric for
 the stride-2 convs). Module names follow timm's state dict (`stem_conv1`, `stages_I_blocks_J/{conv,attn_block,
