@@ -161,8 +161,9 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     (b, h, w, dim), reparam = x.shape, self.mixer == 'dilated_reparam'
     deploy = self.deploy and reparam
-    options = {'kernel_size': self.kernel_size, 'conv_impl': self.depthwise_impl, 'deploy': deploy,
-               **dict(self.mixer_options or {})}
+    # `deploy` is the block's form, not an option: its parameters must match the rest of the block.
+    options = {'kernel_size': self.kernel_size, 'conv_impl': self.depthwise_impl, **dict(self.mixer_options or {}),
+               'deploy': deploy}
     mixer = mixers.token_mixer(self.mixer, dim=dim, num_heads=max(1, dim // self.head_dim), grid=(h, w),
                                impl=self.attn_impl, dtype=self.dtype, module_name='dwconv' if reparam else 'mixer',
                                **mixers.select_options(self.mixer, options))
