@@ -14,7 +14,8 @@ from vision_models.models import dit, layers, mixers, vit
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 GRID, PREFIX, DIM = (5, 6), 1, 16  # 5x6 grid: windows of 4 need padding in both directions
-WINDOW_2 = {'window_attention': {'window': 2}, 'grid_attention': {'window': 2}}
+WINDOW_2 = {n: {'window': 2} for n in ('window_attention', 'grid_attention', 'window_attention_relpos',
+                                       'grid_attention_relpos')}
 
 
 def init(module, *args):
@@ -32,8 +33,9 @@ def build(name, prefix=PREFIX, **options):
 def loss_grads(model, variables, images):
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(params):
-    def loss(p):
-      logits = model.apply({'params': p}, images, train=True, rngs={'dropout': jax.random.key(2)})
+    def loss(p):  # Mixers with BatchNorm (mhca, e_mhsa, dilated_reparam) update their statistics.
+      logits, _ = model.apply({**variables, 'params': p}, images, train=True, rngs={'dropout': jax.random.key(2)},
+                              mutable=['batch_stats'])
       return jnp.mean(jnp.sin(logits)), logits
     return jax.value_and_grad(loss, has_aux=True)(params)
   return run(variables['params'])

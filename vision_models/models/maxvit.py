@@ -3,7 +3,9 @@
 Stem (3×3 s2 conv → BN+GELU → 3×3 conv), then stages of MaxViT blocks: MBConv (pre-norm BN, 1×1 expand ×4, 3×3
 depthwise with the stage's stride, squeeze-excitation, 1×1 project) → block attention (w×w windows) + FFN → grid
 attention (a w×w grid dilated over the whole map) + FFN, with w = image_size / 32. Attention has 32-wide heads and a
-learned 2-D relative position bias table (heads, 2w−1, 2w−1). Head: average pool → LN → pre-logits dense + tanh → dense.
+learned 2-D relative position bias table (heads, 2w−1, 2w−1). Head: average pool → LN → pre-logits dense + tanh →
+dense. Both attentions are token mixers of `models/mixers.py` (`window_attention_relpos`, `grid_attention_relpos`):
+`mixer_overrides` puts any other registered mixer in any block.
 
 TF conventions the weights need: BatchNorm eps 1e-3, LayerNorm eps 1e-5, tanh GELU, TF 'SAME' padding (asymmetric for
 the stride-2 convs). Module names follow timm's state dict (`stem_conv1`, `stages_I_blocks_J/{conv,attn_block,
@@ -15,10 +17,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import layers, mixers
 from vision_models.models.registry import register
 
 VARIANTS = {  # stem width, widths, depths (timm maxxvit.py `maxvit_*_tf`; google-research/maxvit hp/vision.py)
@@ -84,51 +85,36 @@ class MBConv(nn.Module):
     return layers.DropPath(self.drop_path)(x, train) + shortcut
 
 
-def relative_position_index(window: int) -> np.ndarray:
-  """`[2, w², w²]` indices into the (2w−1, 2w−1) table: row/column offset of key minus query, shifted by w−1."""
-  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing='ij')).reshape(2, -1)
-  return coords[:, None, :] - coords[:, :, None] + window - 1
-
-
-def partition(x: jax.Array, window: int, grid: bool) -> jax.Array:
-  """`[B, H, W, C]` → `[B·groups, w·w, C]`: w×w contiguous windows (block) or w×w points strided H/w apart (grid)."""
-  b, h, w, c = x.shape
-  if grid:  # Position = i·(H/w) + offset: each offset is one group, i indexes its tokens.
-    x = x.reshape(b, window, h // window, window, w // window, c).transpose(0, 2, 4, 1, 3, 5)
-  else:
-    x = x.reshape(b, h // window, window, w // window, window, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(-1, window * window, c)
-
-
-def unpartition(x: jax.Array, window: int, grid: bool, shape: Sequence[int]) -> jax.Array:
-  b, h, w, c = shape
-  x = x.reshape(b, h // window, w // window, window, window, c)
-  x = x.transpose(0, 3, 1, 4, 2, 5) if grid else x.transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h, w, c)
+SLOTS = ('window_attention_relpos', 'grid_attention_relpos')  # The default mixers: block, then grid attention.
 
 
 class PartitionAttention(nn.Module):
-  """Pre-norm attention inside windows (`grid=False`) or grids (`grid=True`) with a relative position bias, then FFN."""
+  """Pre-norm token mixer, then FFN. The default mixer (`window_attention_relpos` / `grid_attention_relpos` of
+  `models/mixers.py`: attention within w×w windows or a w×w dilated grid, with a relative position bias) shares this
+  module's scope, so its `relative_position_bias_table` and `attn` sit here as in timm; any other is `mixer`."""
   window: int
   grid: bool
   head_dim: int = 32
   drop_path: float = 0.0
   attn_impl: str = 'xla'
   dtype: Any = None
+  mixer: str | None = None
+  mixer_options: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    dim, w = x.shape[-1], self.window
-    heads = dim // self.head_dim
-    table_init = layers.with_axes(nn.initializers.normal(0.02), ('heads', None, None))
-    table = self.param('relative_position_bias_table', table_init, (heads, 2 * w - 1, 2 * w - 1))
-    rows, cols = relative_position_index(w)
-    bias = table[:, rows, cols][None]  # [1, heads, w², w²]
+    b, h, w, dim = x.shape
+    default = SLOTS[self.grid]
+    name = self.mixer or default
+    options = mixers.select_options(name, {'window': self.window, **dict(self.mixer_options or {})})
+    mixer = mixers.token_mixer(name, dim=dim, num_heads=max(1, dim // self.head_dim), grid=(h, w),
+                               impl=self.attn_impl, dtype=self.dtype,
+                               module_name=None if name == default else 'mixer', **options)
+    if name == default:
+      nn.share_scope(self, mixer)
 
     y = layers.layer_norm(LN_EPS, dtype=self.dtype, name='norm1')(x)
-    y = partition(y, w, self.grid)
-    y = layers.Attention(heads, impl=self.attn_impl, dtype=self.dtype, name='attn')(y, bias=bias.astype(y.dtype))
-    y = unpartition(y, w, self.grid, x.shape)
+    y = mixer(y.reshape(b, h * w, dim), train=train).reshape(x.shape)
     x = x + layers.DropPath(self.drop_path)(y, train)
     y = layers.layer_norm(LN_EPS, dtype=self.dtype, name='norm2')(x)
     y = layers.Mlp(4 * dim, act=layers.gelu_tanh, bias_init=nn.initializers.normal(1e-6), dtype=self.dtype,
@@ -138,7 +124,7 @@ class PartitionAttention(nn.Module):
 
 
 class MaxViTBlock(nn.Module):
-  """MBConv → block attention → grid attention, one stochastic-depth rate for all three."""
+  """MBConv → block attention → grid attention (their token mixers `mixers`), one stochastic-depth rate for all."""
   features: int
   stride: int
   window: int
@@ -146,20 +132,27 @@ class MaxViTBlock(nn.Module):
   drop_path: float = 0.0
   attn_impl: str = 'xla'
   dtype: Any = None
+  mixers: tuple[str, str] = SLOTS
+  mixer_options: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = MBConv(self.features, self.stride, self.drop_path, self.dtype, name='conv')(x, train)
-    for name, grid in (('attn_block', False), ('attn_grid', True)):
-      x = PartitionAttention(self.window, grid, self.head_dim, self.drop_path, self.attn_impl, self.dtype,
-                             name=name)(x, train)
+    for name, grid, mixer in (('attn_block', False, self.mixers[0]), ('attn_grid', True, self.mixers[1])):
+      x = PartitionAttention(self.window, grid, self.head_dim, self.drop_path, self.attn_impl, self.dtype, mixer,
+                             self.mixer_options, name=name)(x, train)
     return x
 
 
 class MaxViT(nn.Module):
   """MaxViT classifier. `image_size` fixes the window and grid size, `image_size // partition_ratio` (7 at 224,
   12 at 384, 16 at 512), and with it the shape of the relative position tables. `num_classes=0` returns the
-  pre-logits features (after the tanh), as timm does. `remat` recomputes each block in the backward pass."""
+  pre-logits features (after the tanh), as timm does. `remat` recomputes each block in the backward pass.
+
+  Token mixers (`models/mixers.py`): each block has two, the block and the grid attention's. `mixer` is one name
+  for both or a (block, grid) pair, default `('window_attention_relpos', 'grid_attention_relpos')`;
+  `mixer_overrides` maps global block ranges to a name or a pair (`{'0:2': 'dwconv', '-1': ('attention',
+  'identity')}`); `mixer_options` their options (the model gives `window`, image_size // partition_ratio)."""
   num_classes: int = 1000
   image_size: int = 224
   stem_width: int = 64
@@ -171,6 +164,9 @@ class MaxViT(nn.Module):
   attn_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
+  mixer: str | Sequence[str] = SLOTS
+  mixer_overrides: Any = None
+  mixer_options: Any = None
 
   @property
   def window(self) -> int:
@@ -194,13 +190,16 @@ class MaxViT(nn.Module):
     x = layers.gelu_tanh(batch_norm(train, self.dtype, 'stem_norm1')(x))
     x = conv(self.stem_width, 3, dtype=self.dtype, name='stem_conv2')(x)
 
-    block = nn.remat(MaxViTBlock, static_argnums=(2,)) if self.remat else MaxViTBlock
     total, index = sum(self.depths), 0
+    names = [mixers.block_mixers(mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, total), 2,
+                                 f'MaxViT block {i} mixer') for i in range(total)]
+    mixers.check_options({n for pair in names for n in pair}, self.mixer_options)
+    block = nn.remat(MaxViTBlock, static_argnums=(2,)) if self.remat else MaxViTBlock
     for i, (dim, depth) in enumerate(zip(self.dims, self.depths)):
       for j in range(depth):
         rate = self.drop_path * index / max(total - 1, 1)  # Linear over all blocks, as timm.
-        x = block(dim, 2 if j == 0 else 1, window, self.head_dim, rate, self.attn_impl, self.dtype,
-                  name=f'stages_{i}_blocks_{j}')(x, train)
+        x = block(dim, 2 if j == 0 else 1, window, self.head_dim, rate, self.attn_impl, self.dtype, names[index],
+                  self.mixer_options, name=f'stages_{i}_blocks_{j}')(x, train)
         index += 1
 
     x = layers.layer_norm(LN_EPS, dtype=self.dtype, name='norm')(x.mean(axis=(1, 2)))

@@ -66,19 +66,23 @@ class LocalAttention(layers.Attention):
   """Attention within non-overlapping `window` x `window` windows of the grid (Swin-style, no shift) or, with
   `dilated`, within MaxViT's `window` x `window` grid of tokens spaced h/window apart. A grid not divisible by the
   window is padded at its end and the padding masked out; the window shrinks to the grid when larger. Prefix tokens
-  attend to every token; grid tokens see no prefix token. Same parameters as `layers.Attention`."""
+  attend to every token; grid tokens see no prefix token. A `bias` (relative position bias) is `[1, heads, L, L]`
+  over the L = wh·ww tokens of a window, the same for every window. Same parameters as `layers.Attention`."""
   grid: tuple[int, int] | None = None
   prefix: int = 0
   window: int = 7
   dilated: bool = False
 
+  def window_shape(self) -> tuple[int, int]:
+    if self.grid is None:
+      raise ConfigError('local attention needs the grid (h, w) of its tokens')
+    return min(self.window, self.grid[0]), min(self.window, self.grid[1])
+
   def attend(self, q, k, v, bias):
-    if bias is not None:
-      raise ConfigError('local attention takes no attention bias')
     batch, prefix = q.shape[0], self.prefix
     (fq, gq), (_, gk), (_, gv) = (split_grid(t, self.grid, prefix) for t in (q, k, v))
     gh, gw = self.grid
-    wh, ww = min(self.window, gh), min(self.window, gw)
+    wh, ww = self.window_shape()
     hp, wp = -(-gh // wh) * wh, -(-gw // ww) * ww
     pad = lambda t: jnp.pad(t, ((0, 0), (0, hp - gh), (0, wp - gw), (0, 0), (0, 0)))  # noqa: E731
     perm = (0, 2, 4, 1, 3) if self.dilated else (0, 1, 3, 2, 4)
@@ -94,12 +98,50 @@ class LocalAttention(layers.Attention):
     if (hp, wp) != (gh, gw):
       valid = part(jnp.pad(jnp.ones((1, gh, gw), bool), ((0, 0), (0, hp - gh), (0, wp - gw))))
       mask = jnp.tile(jnp.where(valid, 0.0, -1e9)[:, None, None], (batch, 1, 1, 1))
-    out = kernels.attention(part(pad(gq)), part(pad(gk)), part(pad(gv)), bias=mask, impl=self.impl)
+      bias = mask if bias is None else bias + mask.astype(bias.dtype)
+    out = kernels.attention(part(pad(gq)), part(pad(gk)), part(pad(gv)), bias=bias, impl=self.impl)
     out = out.reshape(batch, *(shape[p - 1] for p in perm[1:]), *out.shape[2:])
     out = out.transpose(*inverse, *range(5, out.ndim)).reshape(batch, hp, wp, *out.shape[5:])
     out = out[:, :gh, :gw]
     front = kernels.attention(fq, k, v, impl=self.impl) if prefix else fq
     return join_grid(front, out)
+
+
+def relative_position_index(height: int, width: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+  """Row and column indices `[h·w, h·w]` into a (2·window − 1)² table: key minus query offset, shifted by
+  window − 1, for the tokens of an h x w window (h, w ≤ window) in row-major order."""
+  coords = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing='ij')).reshape(2, -1)
+  rows, cols = coords[:, None, :] - coords[:, :, None] + window - 1
+  return rows, cols
+
+
+class RelPosLocalAttention(nn.Module):
+  """`LocalAttention` (submodule `attn`) with a learned relative position bias `relative_position_bias_table`
+  `[heads, 2·window − 1, 2·window − 1]`, the same in every window (Swin / MaxViT): MaxViT's block (`dilated=False`)
+  and grid (`dilated=True`) attention. Options as `LocalAttention`."""
+  num_heads: int
+  grid: tuple[int, int] | None = None
+  prefix: int = 0
+  window: int = 7
+  dilated: bool = False
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  impl: str = 'xla'
+  qkv_init: Any = None
+  qk_norm: str | None = None
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    attn = LocalAttention(self.num_heads, qkv_bias=self.qkv_bias, dropout=self.dropout, impl=self.impl,
+                          dtype=self.dtype, qkv_init=self.qkv_init, qk_norm=self.qk_norm, grid=self.grid,
+                          prefix=self.prefix, window=self.window, dilated=self.dilated, name='attn')
+    w = self.window
+    table_init = layers.with_axes(nn.initializers.normal(0.02), ('heads', None, None))
+    table = self.param('relative_position_bias_table', table_init, (self.num_heads, 2 * w - 1, 2 * w - 1))
+    rows, cols = relative_position_index(*attn.window_shape(), w)
+    dtype = self.dtype or x.dtype
+    return attn(x, bias=table[:, rows, cols][None].astype(dtype), train=train)
 
 
 class LinearAttention(layers.Attention):

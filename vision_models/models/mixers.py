@@ -17,11 +17,19 @@ Options (`mixer_options`): a flat key goes to every mixer of the model whose fac
 `{'window_attention': {'window': 4}}`. `select_options` does that split and `check_options` rejects keys no mixer
 of the model takes. Prefix tokens: see `mixer_ops` (local attention: global for them; conv/pool: the grid mean).
 
-Registered token mixers: attention, identity, window_attention, grid_attention, linear_attention, pooling, dwconv,
-inception_dwconv, sepconv, gated_conv, hyena, hyena2d. Channel mixers: mlp (exact GELU), mlp_tanh, swiglu.
+Registered token mixers: attention, identity, window_attention, grid_attention (and their relative-position-bias
+forms window_attention_relpos, grid_attention_relpos: MaxViT's), linear_attention, pooling, dwconv, inception_dwconv,
+sepconv, gated_conv, hyena, hyena2d; the families add metaformer_attention, mhca and e_mhsa (Next-ViT) and
+dilated_reparam (UniRepLKNet) when `vision_models.models` is imported. Channel mixers: mlp (exact GELU), mlp_tanh,
+swiglu.
+
+Families on this registry: ViT, DiT, ConvNeXt, MetaFormer (PoolFormer, ConvFormer, CAFormer), InceptionNeXt, MaxViT,
+Next-ViT, UniRepLKNet. A MaxViT block has two token mixers (block, grid attention), as has a Next-ViT transformer
+block (E-MHSA, MHCA): there `mixer` and a `mixer_overrides` value are one name for both or one per mixer
+(`block_mixers`).
 """
 import inspect
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 
@@ -92,6 +100,16 @@ def mixer_for_layer(default: str, overrides: Mapping[str, str] | None, index: in
   return chosen[0][1] if chosen else default
 
 
+def block_mixers(value: str | Sequence[str], slots: int, where: str) -> tuple[str, ...]:
+  """The token mixers of a block with `slots` of them (MaxViT: block and grid attention; Next-ViT's NTB: attention
+  and convolution): one name fills every slot, a sequence names one mixer per slot."""
+  names = (value,) * slots if isinstance(value, str) else tuple(value)
+  if len(names) != slots or not all(isinstance(n, str) for n in names):
+    raise ConfigError(f'{where}: {value!r} must be one mixer name or {slots} of them (one per token mixer of the '
+                      f'block)')
+  return names
+
+
 STANDARD = ('dim', 'num_heads', 'hidden_dim', 'grid', 'prefix', 'impl', 'dtype', 'name')
 
 
@@ -158,6 +176,14 @@ def _local(dilated: bool):
   return factory
 
 
+def _local_relpos(dilated: bool):
+  def factory(*, num_heads, grid, prefix, impl, dtype, name, window=7, qkv_bias=True, dropout=0.0, qkv_init=None,
+              qk_norm=None, **_):
+    return ops.RelPosLocalAttention(num_heads, grid, prefix, window, dilated, qkv_bias, dropout, impl, qkv_init,
+                                    qk_norm, dtype, name=name)
+  return factory
+
+
 def _hyena(two_d: bool):
   def factory(*, grid, impl, dtype, name, order=2, filter_width=64, emb_dim=33, short_kernel=3, dropout=0.0, **_):
     opts = dict(order=order, filter_width=filter_width, emb_dim=emb_dim, short_kernel=short_kernel, impl=impl,
@@ -175,6 +201,8 @@ register_token_mixer('attention', _attention())
 register_token_mixer('identity', lambda *, name, **_: ops.Identity(name=name))
 register_token_mixer('window_attention', _local(dilated=False))
 register_token_mixer('grid_attention', _local(dilated=True))
+register_token_mixer('window_attention_relpos', _local_relpos(dilated=False))
+register_token_mixer('grid_attention_relpos', _local_relpos(dilated=True))
 register_token_mixer('linear_attention', _attention(ops.LinearAttention))
 register_token_mixer('pooling', lambda *, grid, prefix, name, pool_size=3, **_: ops.Pooling(
     grid, prefix, pool_size, name=name))

@@ -12,7 +12,8 @@ average pool → Dense.
 
 Every BatchNorm is kept (eps 1e-5, statistics in `batch_stats`); timm's `reparameterize()` folds the pre-norms into
 the following q/k/v/fc1 for deployment, which `vision_models.convert.nextvit` undoes by filling identity BNs. Module
-names follow timm's state dict (`stem_I_{conv,norm}`, `stages_I_blocks_J/...`, `norm`, `head`).
+names follow timm's state dict (`stem_I_{conv,norm}`, `stages_I_blocks_J/...`, `norm`, `head`). MHCA and E-MHSA are
+the token mixers `mhca` / `e_mhsa` of `models/mixers.py`: `mixer_overrides` puts any registered mixer in any block.
 """
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 
 from vision_models import kernels
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import layers, mixer_ops, mixers
 from vision_models.models.registry import register
 
 BN_EPS = 1e-5
@@ -78,18 +79,25 @@ class PatchEmbed(nn.Module):
 
 
 class ConvAttention(nn.Module):
-  """Multi-head convolutional attention: grouped 3×3 conv (one group per head) → BN → ReLU → 1×1 conv."""
-  head_dim: int = 32
+  """Multi-head convolutional attention (the `mhca` token mixer): grouped 3×3 conv (one group per head) → BN → ReLU
+  → 1×1 conv, on the tokens' h×w grid (prefix tokens get the grid mean, see `mixer_ops.on_grid`)."""
+  num_heads: int
+  grid: tuple[int, int] | None = None
+  prefix: int = 0
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dim = x.shape[-1]
-    x = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=dim // self.head_dim, use_bias=False,
-                dtype=self.dtype, kernel_init=layers.with_axes(init, (None, None, None, 'conv_out')),
-                name='group_conv3x3')(x)
-    x = nn.relu(batch_norm(train, self.dtype, 'norm')(x))
-    return pointwise(dim, False, self.dtype, 'projection')(x)
+
+    def mix(g):
+      g = nn.Conv(dim, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=self.num_heads, use_bias=False,
+                  dtype=self.dtype, kernel_init=layers.with_axes(init, (None, None, None, 'conv_out')),
+                  name='group_conv3x3')(g)
+      g = nn.relu(batch_norm(train, self.dtype, 'norm')(g))
+      return pointwise(dim, False, self.dtype, 'projection')(g)
+
+    return mixer_ops.on_grid(x, self.grid, self.prefix, mix)
 
 
 class ConvMlp(nn.Module):
@@ -105,9 +113,10 @@ class ConvMlp(nn.Module):
 
 
 class EfficientAttention(nn.Module):
-  """E-MHSA: queries from every token; keys/values from tokens average-pooled `sr²` at a time along the flattened
-  (row-major) sequence, as timm's AvgPool1d does (a trailing remainder is dropped), then BN."""
-  head_dim: int = 32
+  """E-MHSA (the `e_mhsa` token mixer): queries from every token; keys/values from tokens average-pooled `sr²` at a
+  time along the flattened (row-major) sequence, as timm's AvgPool1d does (a trailing remainder is dropped), then
+  BN."""
+  num_heads: int
   sr_ratio: int = 1
   impl: str = 'xla'
   dtype: Any = None
@@ -115,12 +124,12 @@ class EfficientAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     batch, length, dim = x.shape
-    heads = dim // self.head_dim
+    heads, head_dim = self.num_heads, dim // self.num_heads
     dtype = self.dtype or x.dtype
 
     def proj(name, inputs):
-      w = self.param(f'{name}_kernel', layers.with_axes(init, ('embed', 'heads', 'kv')), (dim, heads, self.head_dim))
-      b = self.param(f'{name}_bias', layers.with_axes(nn.initializers.zeros, ('heads', 'kv')), (heads, self.head_dim))
+      w = self.param(f'{name}_kernel', layers.with_axes(init, ('embed', 'heads', 'kv')), (dim, heads, head_dim))
+      b = self.param(f'{name}_bias', layers.with_axes(nn.initializers.zeros, ('heads', 'kv')), (heads, head_dim))
       return jnp.einsum('bnd,dhk->bnhk', inputs.astype(dtype), w.astype(dtype)) + b.astype(dtype)
 
     q = proj('query', x)
@@ -131,30 +140,53 @@ class EfficientAttention(nn.Module):
       x = x[:, :length // n * n].reshape(batch, length // n, n, dim).mean(axis=2)
       x = batch_norm(train, self.dtype, 'norm')(x)
     out = kernels.attention(q, proj('key', x), proj('value', x), impl=self.impl)
-    w = self.param('out_kernel', layers.with_axes(init, ('heads', 'kv', 'embed')), (heads, self.head_dim, dim))
+    w = self.param('out_kernel', layers.with_axes(init, ('heads', 'kv', 'embed')), (heads, head_dim, dim))
     b = self.param('out_bias', layers.with_axes(nn.initializers.zeros, ('embed',)), (dim,))
     return jnp.einsum('bnhk,hkd->bnd', out, w.astype(dtype)) + b.astype(dtype)
 
 
+mixers.register_token_mixer('mhca', lambda *, num_heads, grid, prefix, dtype, name, **_: ConvAttention(
+    num_heads, grid, prefix, dtype, name=name))
+mixers.register_token_mixer('e_mhsa', lambda *, num_heads, impl, dtype, name, sr_ratio=1, **_: EfficientAttention(
+    num_heads, sr_ratio, impl, dtype, name=name))
+
+
+def token_mixer(x: jax.Array, train: bool, mixer: str, default: tuple[str, str], head_dim: int, impl: str,
+                dtype: Any, options: Any) -> jax.Array:
+  """`mixer` of `models/mixers.py` on the NHWC map; named `default[0]` when it is that mixer (timm's layout), else
+  `default[1]`."""
+  b, h, w, c = x.shape
+  module = mixers.token_mixer(mixer, dim=c, num_heads=max(1, c // head_dim), grid=(h, w), impl=impl, dtype=dtype,
+                              module_name=default[0] if mixer == default[0] else default[1],
+                              **mixers.select_options(mixer, options))
+  return module(x.reshape(b, h * w, c), train=train).reshape(x.shape)
+
+
 class NextConvBlock(nn.Module):
-  """NCB: patch embed → x + MHCA(x) → x + MLP(BN(x)) (hidden ×3)."""
+  """NCB: patch embed → x + MHCA(x) → x + MLP(BN(x)) (hidden ×3). `mixers`: its token mixer (one)."""
   features: int
   stride: int = 1
   head_dim: int = 32
   drop_path: float = 0.0
   dtype: Any = None
+  mixers: Sequence[str] = ('mhca',)
+  mixer_options: Any = None
+  attn_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = PatchEmbed(self.features, self.stride, self.dtype, name='patch_embed')(x, train)
-    x = x + layers.DropPath(self.drop_path)(ConvAttention(self.head_dim, self.dtype, name='mhca')(x, train), train)
+    y = token_mixer(x, train, self.mixers[0], ('mhca', 'mixer'), self.head_dim, self.attn_impl, self.dtype,
+                    self.mixer_options)
+    x = x + layers.DropPath(self.drop_path)(y, train)
     y = ConvMlp(self.features * 3, self.dtype, name='mlp')(batch_norm(train, self.dtype, 'norm')(x))
     return x + layers.DropPath(self.drop_path)(y, train)
 
 
 class NextTransformerBlock(nn.Module):
   """NTB: patch embed to ¾ width → x + E-MHSA(BN(x)); 1×1 projection to the other ¼ → y + MHCA(y); concat →
-  x + MLP(BN(x)) (hidden ×2). Drop path: ¾ of the rate on the attention, ¼ on the MHCA (timm's mix ratio)."""
+  x + MLP(BN(x)) (hidden ×2). Drop path: ¾ of the rate on the attention, ¼ on the MHCA (timm's mix ratio).
+  `mixers`: its two token mixers (in place of E-MHSA, MHCA)."""
   features: int
   stride: int = 1
   head_dim: int = 32
@@ -163,18 +195,20 @@ class NextTransformerBlock(nn.Module):
   mix_ratio: float = 0.75
   attn_impl: str = 'xla'
   dtype: Any = None
+  mixers: Sequence[str] = ('e_mhsa', 'mhca')
+  mixer_options: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mhsa_dim = make_divisible(int(self.features * self.mix_ratio), 32)
     x = PatchEmbed(mhsa_dim, self.stride, self.dtype, name='patch_embed')(x, train)
-    b, h, w, c = x.shape
-    y = batch_norm(train, self.dtype, 'norm1')(x).reshape(b, h * w, c)
-    y = EfficientAttention(self.head_dim, self.sr_ratio, self.attn_impl, self.dtype, name='e_mhsa')(y, train)
-    x = x + layers.DropPath(self.drop_path * self.mix_ratio)(y.reshape(b, h, w, c), train)
+    options = {'sr_ratio': self.sr_ratio, **dict(self.mixer_options or {})}
+    mix = lambda y, i, names: token_mixer(y, train, self.mixers[i], names, self.head_dim,  # noqa: E731
+                                          self.attn_impl, self.dtype, options)
+    y = mix(batch_norm(train, self.dtype, 'norm1')(x), 0, ('e_mhsa', 'mixer'))
+    x = x + layers.DropPath(self.drop_path * self.mix_ratio)(y, train)
     y = PatchEmbed(self.features - mhsa_dim, 1, self.dtype, name='projection')(x, train)
-    y = y + layers.DropPath(self.drop_path * (1 - self.mix_ratio))(
-        ConvAttention(self.head_dim, self.dtype, name='mhca')(y, train), train)
+    y = y + layers.DropPath(self.drop_path * (1 - self.mix_ratio))(mix(y, 1, ('mhca', 'mixer_conv')), train)
     x = jnp.concatenate([x, y], axis=-1)
     y = ConvMlp(self.features * 2, self.dtype, name='mlp')(batch_norm(train, self.dtype, 'norm2')(x))
     return x + layers.DropPath(self.drop_path)(y, train)
@@ -182,7 +216,13 @@ class NextTransformerBlock(nn.Module):
 
 class NextViT(nn.Module):
   """Next-ViT classifier; `num_classes=0` returns the pooled features. Stage widths and block kinds follow from
-  `depths` (timm's hybrid strategy); stochastic depth grows linearly from 0 to `drop_path` over all blocks."""
+  `depths` (timm's hybrid strategy); stochastic depth grows linearly from 0 to `drop_path` over all blocks.
+
+  Token mixers (`models/mixers.py`): an NCB has one (`mhca`), an NTB two (`e_mhsa` on the attention path, `mhca` on
+  the convolution path). `mixer` (default None: those) is one name for every mixer of every block; `mixer_overrides`
+  maps global block ranges to a name (all mixers of those blocks) or one name per mixer of the block
+  (`{'3:7': 'dwconv', '-1': ('attention', 'mhca')}`); `mixer_options` their options (the model gives `sr_ratio`,
+  the stage's). Attention mixers get dim // head_dim heads."""
   num_classes: int = 1000
   depths: Sequence[int] = (3, 4, 10, 3)
   stem_dims: Sequence[int] = (64, 32, 64)
@@ -193,6 +233,24 @@ class NextViT(nn.Module):
   attn_impl: str = 'xla'
   remat: bool = False
   dtype: Any = None
+  mixer: str | None = None
+  mixer_overrides: Any = None
+  mixer_options: Any = None
+
+  def block_mixers(self) -> list[list[tuple[str, ...]]]:
+    """The token mixers of every block, per stage."""
+    stages, total = hybrid_layout(self.depths), sum(self.depths)
+    out, index = [], 0
+    for blocks in stages:
+      out.append([])
+      for kind, _ in blocks:
+        value = mixers.mixer_for_layer(self.mixer, self.mixer_overrides, index, total)
+        default = ('mhca',) if kind == 'ncb' else ('e_mhsa', 'mhca')
+        out[-1].append(default if value is None else mixers.block_mixers(value, len(default),
+                                                                          f'Next-ViT block {index} ({kind}) mixer'))
+        index += 1
+    mixers.check_options({n for stage in out for names in stage for n in names}, self.mixer_options)
+    return out
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -203,7 +261,7 @@ class NextViT(nn.Module):
                   kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'conv_out')), name=f'stem_{i}_conv')(x)
       x = nn.relu(batch_norm(train, self.dtype, f'stem_{i}_norm')(x))
 
-    stages = hybrid_layout(self.depths)
+    stages, names = hybrid_layout(self.depths), self.block_mixers()
     ncb = nn.remat(NextConvBlock, static_argnums=(2,)) if self.remat else NextConvBlock
     ntb = nn.remat(NextTransformerBlock, static_argnums=(2,)) if self.remat else NextTransformerBlock
     total, index = sum(self.depths), 0
@@ -212,11 +270,13 @@ class NextViT(nn.Module):
         stride = self.strides[i] if j == 0 else 1
         rate = self.drop_path * index / max(total - 1, 1)
         name = f'stages_{i}_blocks_{j}'
+        options = {'sr_ratio': self.sr_ratios[i], **dict(self.mixer_options or {})}  # E-MHSA anywhere: the stage's.
         if kind == 'ncb':
-          x = ncb(dim, stride, self.head_dim, rate, self.dtype, name=name)(x, train)
+          x = ncb(dim, stride, self.head_dim, rate, self.dtype, names[i][j], options, self.attn_impl,
+                  name=name)(x, train)
         else:
           x = ntb(dim, stride, self.head_dim, self.sr_ratios[i], rate, attn_impl=self.attn_impl, dtype=self.dtype,
-                  name=name)(x, train)
+                  mixers=names[i][j], mixer_options=options, name=name)(x, train)
         x = layers.constrain(x, ('batch', None, None, 'act_embed'))
         index += 1
 

@@ -7,7 +7,9 @@ Stem: 3×3 stride-2 conv → LN → GELU → 3×3 stride-2 conv → LN; stages 2
 Blocks with kernel ≥ 7 use the Dilated Reparam Block: the large depthwise conv + BN, plus parallel dilated small
 depthwise convs, each + BN, summed. `reparameterize(module, variables)` gives the deploy form, the paper's structural
 re-parameterisation: every dilated branch and BN folded into one large-kernel depthwise conv with a bias, and the GRN
-bias, output BN and layer scale into the second Dense. Module names follow the official state dict.
+bias, output BN and layer scale into the second Dense. Module names follow the official state dict. The block's
+depthwise conv is the token mixer `dilated_reparam` of `models/mixers.py`: `mixer_overrides` puts any other in any
+block.
 """
 from typing import Any, Sequence
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers
+from vision_models.models import layers, mixer_ops, mixers
 from vision_models.models.registry import register
 
 BN_EPS = 1e-5
@@ -67,26 +69,45 @@ def dilated_depthwise(x: jax.Array, kernel: jax.Array, rate: int) -> jax.Array:
 
 
 class DilatedReparamBlock(nn.Module):
-  """Large depthwise conv + BN, plus dilated small depthwise convs + BN (training); one biased conv (deploy)."""
+  """The `dilated_reparam` token mixer, on the tokens' h×w grid (prefix tokens get the grid mean, see
+  `mixer_ops.on_grid`). Kernel ≥ 7: large depthwise conv + BN, plus dilated small depthwise convs + BN (training);
+  one biased conv (deploy). Smaller kernels: a plain depthwise conv (`kernel`, and `bias` in deploy form)."""
   kernel_size: int
   deploy: bool = False
   impl: str = 'xla'
   dtype: Any = None
+  grid: tuple[int, int] | None = None
+  prefix: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    k = self.kernel_size
-    out = layers.DepthwiseConv((k, k), use_bias=self.deploy, kernel_init=init, impl=self.impl, axis_name='embed',
-                               dtype=self.dtype, name='lk_origin')(x)
-    if self.deploy:
+    k, impl, dtype = self.kernel_size, mixer_ops.conv_impl(self.impl), self.dtype or x.dtype
+    dim = x.shape[-1]
+
+    def mix(g):
+      if k not in BRANCHES:
+        kernel = self.param('kernel', layers.with_axes(init, (None, None, None, 'embed')), (k, k, 1, dim))
+        out = layers.depthwise_conv(g.astype(dtype), kernel.astype(dtype), impl=impl)
+        if self.deploy:
+          out = out + self.param('bias', layers.with_axes(nn.initializers.zeros, ('embed',)), (dim,)).astype(dtype)
+        return out
+      out = layers.DepthwiseConv((k, k), use_bias=self.deploy, kernel_init=init, impl=impl, axis_name='embed',
+                                 dtype=self.dtype, name='lk_origin')(g)
+      if self.deploy:
+        return out
+      out = batch_norm(train, self.dtype, 'origin_bn')(out)
+      for bk, rate in BRANCHES[k]:
+        w = self.param(f'dil_conv_k{bk}_{rate}', layers.with_axes(init, (None, None, None, 'embed')), (bk, bk, 1, dim))
+        out = out + batch_norm(train, self.dtype, f'dil_bn_k{bk}_{rate}')(dilated_depthwise(g.astype(dtype), w, rate))
       return out
-    out = batch_norm(train, self.dtype, 'origin_bn')(out)
-    dtype = self.dtype or x.dtype
-    for bk, rate in BRANCHES[k]:
-      w = self.param(f'dil_conv_k{bk}_{rate}', layers.with_axes(init, (None, None, None, 'embed')),
-                     (bk, bk, 1, x.shape[-1]))
-      out = out + batch_norm(train, self.dtype, f'dil_bn_k{bk}_{rate}')(dilated_depthwise(x.astype(dtype), w, rate))
-    return out
+
+    return mixer_ops.on_grid(x, self.grid, self.prefix, mix)
+
+
+mixers.register_token_mixer('dilated_reparam', lambda *, grid, prefix, impl, dtype, name, kernel_size=13,
+                            deploy=False, conv_impl=None, **_: DilatedReparamBlock(
+                                kernel_size, deploy, conv_impl or mixer_ops.default_conv_impl(impl), dtype, grid,
+                                prefix, name=name))
 
 
 class SEBlock(nn.Module):
@@ -120,30 +141,40 @@ class GRN(nn.Module):
 
 class Block(nn.Module):
   """dwconv → BN → SE → Dense 4d → GELU → GRN → Dense d → BN → layer scale → drop path, plus the residual.
-  Deploy form: biased dwconv → SE → Dense 4d → GELU → GRN without β → biased Dense d."""
+  Deploy form: biased dwconv → SE → Dense 4d → GELU → GRN without β → biased Dense d.
+
+  The dwconv is the token mixer `mixer` of `models/mixers.py` (`dilated_reparam`, under `dwconv`; any other under
+  `mixer`, with `kernel_size` and `conv_impl` given and dim // head_dim attention heads). Only a `dilated_reparam`
+  block has a deploy form: with another mixer the block stays in training form (`reparameterize` leaves it)."""
   kernel_size: int
   layer_scale: float | None = 1e-6
   drop_path: float = 0.0
   deploy: bool = False
   depthwise_impl: str = 'auto'
   dtype: Any = None
+  mixer: str = 'dilated_reparam'
+  mixer_options: Any = None
+  head_dim: int = 32
+  attn_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    dim, k = x.shape[-1], self.kernel_size
-    if k >= 7:
-      y = DilatedReparamBlock(k, self.deploy, self.depthwise_impl, self.dtype, name='dwconv')(x, train)
-    else:
-      y = layers.DepthwiseConv((k, k), use_bias=self.deploy, kernel_init=init, impl=self.depthwise_impl,
-                               axis_name='embed', dtype=self.dtype, name='dwconv')(x)
-    if not self.deploy:
+    (b, h, w, dim), reparam = x.shape, self.mixer == 'dilated_reparam'
+    deploy = self.deploy and reparam
+    # `deploy` is the block's form, not an option: its parameters must match the rest of the block.
+    options = {'kernel_size': self.kernel_size, 'conv_impl': self.depthwise_impl, **dict(self.mixer_options or {}),
+               'deploy': deploy}
+    mixer = mixers.token_mixer(self.mixer, dim=dim, num_heads=max(1, dim // self.head_dim), grid=(h, w),
+                               impl=self.attn_impl, dtype=self.dtype, module_name='dwconv' if reparam else 'mixer',
+                               **mixers.select_options(self.mixer, options))
+    y = mixer(x.reshape(b, h * w, dim), train=train).reshape(x.shape)
+    if not deploy:
       y = batch_norm(train, self.dtype, 'norm')(y)
     y = SEBlock(self.dtype, name='se')(y)
     y = layers.dense(4 * dim, ('embed', 'mlp'), kernel_init=init, dtype=self.dtype, name='pwconv1')(y)
-    y = GRN(not self.deploy, name='grn')(layers.gelu(y))
-    y = layers.dense(dim, ('mlp', 'embed'), use_bias=self.deploy, kernel_init=init, dtype=self.dtype,
-                     name='pwconv2')(y)
-    if not self.deploy:
+    y = GRN(not deploy, name='grn')(layers.gelu(y))
+    y = layers.dense(dim, ('mlp', 'embed'), use_bias=deploy, kernel_init=init, dtype=self.dtype, name='pwconv2')(y)
+    if not deploy:
       y = batch_norm(train, self.dtype, 'pwconv2_bn')(y)
       if self.layer_scale:
         y = layers.LayerScale(self.layer_scale, name='ls')(y)
@@ -155,7 +186,12 @@ class UniRepLKNet(nn.Module):
   """UniRepLKNet classifier; `num_classes=0` returns the pooled, normalised features. `kernel_sizes` (per block per
   stage) defaults to the official table for `depths`. `deploy=True` is the re-parameterised form (see
   `reparameterize`). `depthwise_impl` picks the depthwise conv (`layers.depthwise_conv`: `pallas` for the large
-  kernels on accelerators); the dilated branches are XLA convolutions."""
+  kernels on accelerators); the dilated branches are XLA convolutions.
+
+  Token mixers (`models/mixers.py`): `mixer` (default `dilated_reparam`: the Dilated Reparam Block, a plain
+  depthwise conv for kernels < 7) for every block, `mixer_overrides` maps global block ranges to other mixers
+  (`{'-3:': 'attention'}`), `mixer_options` their options (each block gives its `kernel_size` and `conv_impl`).
+  `head_dim` sets the heads of attention mixers (dim // head_dim), `attn_impl` their kernel."""
   num_classes: int = 1000
   depths: Sequence[int] = (3, 3, 18, 3)
   dims: Sequence[int] = (80, 160, 320, 640)
@@ -166,6 +202,11 @@ class UniRepLKNet(nn.Module):
   depthwise_impl: str = 'auto'
   remat: bool = False
   dtype: Any = None
+  mixer: str = 'dilated_reparam'
+  mixer_overrides: Any = None
+  mixer_options: Any = None
+  head_dim: int = 32
+  attn_impl: str = 'xla'
 
   def block_kernel_sizes(self) -> tuple[tuple[int, ...], ...]:
     sizes = self.kernel_sizes if self.kernel_sizes is not None else KERNEL_SIZES.get(tuple(self.depths))
@@ -182,6 +223,9 @@ class UniRepLKNet(nn.Module):
     if len(self.depths) != 4 or len(self.dims) != 4:
       raise ConfigError(f'UniRepLKNet needs 4 depths and 4 dims, got {tuple(self.depths)}, {tuple(self.dims)}')
     sizes = self.block_kernel_sizes()
+    total = sum(self.depths)
+    names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, total) for i in range(total)]
+    mixers.check_options(names, self.mixer_options)
 
     def down(x, dim, name):
       x = nn.Conv(dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f'{name}_conv',
@@ -191,13 +235,13 @@ class UniRepLKNet(nn.Module):
 
     x = layers.gelu(down(images, self.dims[0] // 2, 'stem_0'))
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
-    total, index = sum(self.depths), 0
+    index = 0
     for i, dim in enumerate(self.dims):
       x = down(x, dim, 'stem_1' if i == 0 else f'downsample_{i}')
       for j, k in enumerate(sizes[i]):
         rate = self.drop_path * index / max(total - 1, 1)  # torch.linspace(0, drop_path, total), as the official.
-        x = block(k, self.layer_scale, rate, self.deploy, self.depthwise_impl, self.dtype,
-                  name=f'stages_{i}_{j}')(x, train)
+        x = block(k, self.layer_scale, rate, self.deploy, self.depthwise_impl, self.dtype, names[index],
+                  self.mixer_options, self.head_dim, self.attn_impl, name=f'stages_{i}_{j}')(x, train)
         index += 1
 
     x = layers.layer_norm(LN_EPS, dtype=self.dtype, name='norm')(x.mean(axis=(1, 2)))
@@ -226,14 +270,18 @@ def _undilate(kernel: np.ndarray, rate: int, size: int) -> np.ndarray:
 def reparameterize(module: UniRepLKNet, variables: dict) -> tuple[UniRepLKNet, dict]:
   """The deploy form `(module.clone(deploy=True), variables)`: in each block the dilated branches, their BNs and the
   block's BN merge into one large-kernel depthwise conv with a bias; the GRN bias, the output BN and the layer scale
-  merge into the second Dense. Equal to the training form in eval mode up to float rounding."""
+  merge into the second Dense. Equal to the training form in eval mode up to float rounding. Blocks with another
+  token mixer than `dilated_reparam` (no `dwconv`) stay as they are, BN statistics included."""
   if module.deploy:
     raise ConfigError('reparameterize: the module is already in deploy form')
   params = jax.tree.map(lambda a: np.asarray(a, np.float64), nn.unbox(variables['params']))
   stats = jax.tree.map(lambda a: np.asarray(a, np.float64), nn.unbox(variables['batch_stats']))
   out = {k: v for k, v in params.items() if not k.startswith('stages_')}
+  kept = {k: v for k, v in nn.unbox(variables['batch_stats']).items() if k.startswith('stages_') and k in params
+          and 'dwconv' not in params[k]}
   for name, p in params.items():
-    if not name.startswith('stages_'):
+    if not name.startswith('stages_') or 'dwconv' not in p:
+      out[name] = p
       continue
     s, block = stats[name], dict(p)
     if 'lk_origin' in p['dwconv']:  # A Dilated Reparam Block.
@@ -260,7 +308,10 @@ def reparameterize(module: UniRepLKNet, variables: dict) -> tuple[UniRepLKNet, d
       block.pop(key, None)
     out[name] = block
   dtype = jax.tree.leaves(nn.unbox(variables['params']))[0].dtype
-  return module.clone(deploy=True), {'params': jax.tree.map(lambda a: jnp.asarray(a, dtype), out)}
+  deployed = {'params': jax.tree.map(lambda a: jnp.asarray(a, dtype), out)}
+  if kept:
+    deployed['batch_stats'] = kept
+  return module.clone(deploy=True), deployed
 
 register('unireplknet', UniRepLKNet)
 for _size, (_depths, _dims) in VARIANTS.items():
