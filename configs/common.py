@@ -20,8 +20,9 @@ def big_vision_randaug(num_layers: int, magnitude: int) -> str:
 
 def pp_train(size: int, *, crop: str = 'random_resized_crop', randaug: str = '', erasing: float = 0.0,
              norm: str = IMAGENET_MEAN_STD) -> str:
-  """decode → random crop → flip → [RandAugment] → normalise → [random erasing] (timm's and DeiT's order)."""
-  ops = ['decode', f'{crop}({size})', 'flip_lr']
+  """random crop → flip → [RandAugment] → normalise → [random erasing] (timm's and DeiT's order). The crop takes the
+  JPEG bytes and decodes only its window."""
+  ops = [f'{crop}({size})', 'flip_lr']
   if randaug:
     ops.append(randaug)
   ops.append(norm)

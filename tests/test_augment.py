@@ -144,6 +144,21 @@ def test_imagenet_train_spec_composes_on_jpeg_bytes():
   assert out['image'].shape == (32, 32, 3) and out['image'].dtype == tf.float32 and int(out['label']) == 3
 
 
+@pytest.mark.parametrize('crop', ['random_resized_crop(32)', 'inception_crop(32)'])
+def test_crops_decode_only_their_window_of_jpeg_bytes(crop):
+  # The crop on JPEG bytes (decode_and_crop_jpeg) against decode-then-crop with the same seed: the same window,
+  # the same pixels inside it; chroma upsampling may differ at the window's edges. PNG bytes decode whole.
+  big = np.asarray(Image.fromarray(IMAGE).resize((320, 240), Image.BICUBIC))
+  jpeg = tf.io.encode_jpeg(tf.constant(big), quality=95)
+  for seed in range(4):
+    fused = run(crop, jpeg, seed).astype(int)
+    whole = preprocess.parse(crop)({'image': tf.io.decode_jpeg(jpeg)}, tf.constant([seed, 7], tf.int64))['image']
+    diff = np.abs(fused - whole.numpy().astype(int))
+    assert fused.shape == (32, 32, 3) and diff.mean() < 0.5 and diff[2:-2, 2:-2].max() <= 2
+  png = tf.io.encode_png(tf.constant(IMAGE))
+  np.testing.assert_array_equal(run(crop, png), run(crop, IMAGE))
+
+
 @pytest.mark.parametrize('spec,match', [
     ('decode|randaugmnt(2, 9)', "unknown preprocessing op 'randaugmnt'"),
     ('randaugment(ops=("Rotate", "Blur"))', r"randaugment: unknown ops \['Blur'\]"),

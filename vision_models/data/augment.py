@@ -57,13 +57,13 @@ def _randint(seed, high):
 def random_resized_crop(size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), method: str = 'bicubic') -> preprocess.Op:
   """torchvision/timm RandomResizedCrop: up to 10 draws of area U(scale)·HW and log-uniform aspect ratio; the first
-  that fits is cropped at a uniform offset, else a central crop clamped to `ratio`; then resized to `size`."""
+  that fits is cropped at a uniform offset, else a central crop clamped to `ratio`; then resized to `size`.
+  Takes decoded images or encoded bytes (no `decode` before it: a JPEG then decodes only the crop)."""
   out_hw = _hw(size)
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
-  def fn(image, seed):
+  def box(seed, h, w):
     s_box, s_top, s_left = _seeds(seed, 3)
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
     box_h, box_w, found = _first_fitting_box(
         s_box, h, w, scale, log_ratio, lambda bh, bw: (bw <= w) & (bh <= h) & (bw > 0) & (bh > 0))
     in_ratio = tf.cast(w, tf.float32) / tf.cast(h, tf.float32)
@@ -73,8 +73,9 @@ def random_resized_crop(size: int | tuple[int, int], scale: tuple[float, float] 
     box_h, box_w = tf.where(found, box_h, fall_h), tf.where(found, box_w, fall_w)
     top = tf.where(found, _randint(s_top, h - box_h), (h - box_h) // 2)
     left = tf.where(found, _randint(s_left, w - box_w), (w - box_w) // 2)
-    return _resize(image[top:top + box_h, left:left + box_w], out_hw, method)
-  return _image_op(fn)
+    return top, left, box_h, box_w
+
+  return _image_op(lambda image, seed: _resize(preprocess.crop_window(image, lambda h, w: box(seed, h, w)), out_hw, method))
 
 
 @preprocess.register('resize_center_crop')
