@@ -372,13 +372,26 @@ def _full_bias(bias: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
   return jnp.broadcast_to(bias, bias.shape[:2] + shape[2:])
 
 
+def _gpu_default(tile: Launch, row_bytes: int) -> Launch:
+  """GPU_LAUNCH was tuned for rows of 128 bytes (bf16, head_dim 64); wider rows (float32, head_dim 128) get smaller
+  tiles and at most 2 stages, so the pipelined tiles still fit in shared memory (227 KiB on an H100)."""
+  growth = row_bytes // 128
+  if growth <= 1:
+    return tile
+  cap = 64 if growth == 2 else 32
+  return dataclasses.replace(tile, block_q=min(tile.block_q, cap), block_k=min(tile.block_k, 64),
+                             num_stages=min(tile.num_stages, 2))
+
+
 def _launches(launch: dict[str, Launch] | None, block_q: int | None, block_k: int | None, q_len: int, k_len: int,
-              shared_tiles: bool) -> dict[str, Launch]:
+              shared_tiles: bool, row_bytes: int) -> dict[str, Launch]:
   """Each kernel's Launch: `launch`, else the backend's default; block_q / block_k override every kernel's tiles."""
   unknown = set(launch or {}) - set(KERNELS)
   if unknown:
     raise ConfigError(f'launch has unknown kernels {sorted(unknown)}; the kernels are {", ".join(KERNELS)}')
-  defaults = GPU_LAUNCH if jax.default_backend() == 'gpu' else {}
+  defaults = {}
+  if jax.default_backend() == 'gpu':
+    defaults = {name: _gpu_default(tile, row_bytes) for name, tile in GPU_LAUNCH.items()}
   out = {}
   for name in KERNELS:
     tile = (launch or {}).get(name) or defaults.get(name) or Launch()
@@ -409,7 +422,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array
   k_len = k.shape[1]
   if bias is not None:
     bias = _full_bias(bias, (batch, heads, q_len, k_len))
-  tiles = _launches(launch, block_q, block_k, q_len, k_len, shared_tiles=bias is not None)
+  tiles = _launches(launch, block_q, block_k, q_len, k_len, shared_tiles=bias is not None,
+                    row_bytes=max(16, _next_pow2(head_dim)) * jnp.dtype(q.dtype).itemsize)
   cfg = _Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
                 q_len=q_len, k_len=k_len,
                 interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret), **tiles)
