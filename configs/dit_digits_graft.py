@@ -1,7 +1,10 @@
 # Command:  python train.py --config=configs/dit_digits.py --workdir=workdirs/dit_digits          (the trained source)
 #           python train.py --config=configs/dit_digits_graft.py --workdir=workdirs/dit_digits_graft
 #           python eval.py --config=configs/dit_digits_graft.py --workdir=workdirs/dit_digits_graft
-# Expected: not measured yet. The run prints the graft report (loaded / replaced / created variables) first.
+# Expected: the graft report first (loaded 54 tensors, replaced 14, created 30), distillation of the new blocks'
+#           outputs: MSE 0.0023 -> 9.4e-5 in 200 steps; after 1,000 steps train loss 0.101 (the source ended at 0.108),
+#           11 min wall / 11.3 CPU-minutes on 2 shared cores (measured 2026-11-23). eval.py: the quickstart classifier
+#           reads 99.9% of 1,000 samples as the digit asked for (the source DiT: 98.9%).
 """Grafting (Chandrasegaran et al. 2025, "Exploring diffusion transformer designs via grafting"): start from the trained
 configs/dit_digits.py run, replace attention in blocks 2 and 3 by a Hyena-style gated 2-D convolution, fit the new
 mixers to the old blocks' outputs for 200 steps of distillation, then fine-tune the whole model for 1,000 steps at a
