@@ -153,8 +153,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (
   """Depthwise 2-D convolution of NHWC `x` with a `(kh, kw, 1, C)` kernel; `padding` as in `lax.conv`.
 
   `impl`: `xla` is XLA's grouped convolution; `shift` the sum of kh·kw shifted, strided products with a hand-written
-  backward pass (`shift_conv`; XLA:CPU runs grouped convolutions and their gradients about 10× slower); `pallas` the Pallas kernel
-  (`kernels.depthwise_conv2d`, stride 1 and 'SAME' only: large kernels); `auto` is `shift` on the CPU, else `xla`.
+  backward pass (`shift_conv`; XLA:CPU runs grouped convolutions and their gradients about 10× slower); `pallas`
+  the Pallas kernel (`kernels.depthwise_conv2d`, stride 1 and 'SAME' only: large kernels); `auto` is `shift` on the
+  CPU, else `xla`.
   """
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'unknown depthwise impl {impl!r}; choose one of {", ".join(DEPTHWISE_IMPLS)}')
