@@ -1,11 +1,13 @@
 """ConvNeXt gives the same logits with every depthwise implementation (XLA, shifted products, the Pallas kernel)."""
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vision_models import models
 from vision_models.errors import ConfigError
+from vision_models.models import layers
 
 
 @pytest.mark.parametrize('kernel_size', [7, 13])
@@ -26,3 +28,23 @@ def test_unknown_depthwise_impl():
   model = models.create('convnext', depthwise_impl='fft', depths=(1, 1), dims=(8, 16))
   with pytest.raises(ConfigError, match="unknown depthwise_impl 'fft'"):
     model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+
+
+@pytest.mark.parametrize('shape,kernel_size,stride,padding', [
+    ((2, 9, 8, 5), 3, 2, 'SAME'),  # MaxViT's strided 3×3: per-tap kernel gradient
+    ((2, 12, 11, 6), 7, 1, 'SAME'),  # ConvNeXt's 7×7: row-wise matrix-product kernel gradient
+    ((2, 13, 13, 3), 7, 2, 'SAME'),
+    ((1, 9, 10, 2), 5, 1, ((1, 0), (2, 3))),
+])
+def test_shift_values_and_gradients_match_grouped_conv(shape, kernel_size, stride, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, 1, shape[-1]))
+
+  def loss(impl):
+    fn = lambda x, kernel: jnp.sum(jnp.sin(layers.depthwise_conv(x, kernel, (stride, stride), padding, impl)))
+    return jax.value_and_grad(fn, argnums=(0, 1))(x, kernel)
+
+  (value, grads), (expected, expected_grads) = jax.jit(lambda: (loss('shift'), loss('xla')))()
+  np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-4)
+  for got, want in zip(grads, expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

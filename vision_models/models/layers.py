@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models import kernels
+from vision_models.models import shift_conv
 
 Dtype = Any
 Init = Callable[..., jax.Array]
@@ -151,9 +152,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (
                    padding: str | Sequence[tuple[int, int]] = 'SAME', impl: str = 'auto') -> jax.Array:
   """Depthwise 2-D convolution of NHWC `x` with a `(kh, kw, 1, C)` kernel; `padding` as in `lax.conv`.
 
-  `impl`: `xla` is XLA's grouped convolution; `shift` the sum of kh·kw shifted, strided products (XLA:CPU runs
-  grouped convolutions and their gradients about 10× slower than this); `pallas` the Pallas kernel
-  (`kernels.depthwise_conv2d`, stride 1 and 'SAME' only: large kernels); `auto` is `shift` on the CPU, else `xla`.
+  `impl`: `xla` is XLA's grouped convolution; `shift` the sum of kh·kw shifted, strided products with a hand-written
+  backward pass (`shift_conv`; XLA:CPU runs grouped convolutions and their gradients about 10× slower); `pallas`
+  the Pallas kernel (`kernels.depthwise_conv2d`, stride 1 and 'SAME' only: large kernels); `auto` is `shift` on the
+  CPU, else `xla`.
   """
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'unknown depthwise impl {impl!r}; choose one of {", ".join(DEPTHWISE_IMPLS)}')
@@ -169,12 +171,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (
   if impl == 'xla':
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                         feature_group_count=x.shape[-1])
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  (sh, sw), (batch, h, w, c) = strides, x.shape
-  oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-  taps = (jax.lax.slice(x, (0, i, j, 0), (batch, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
-          * kernel[i, j, 0] for i in range(kh) for j in range(kw))
-  return sum(taps)
+  return shift_conv.shift_depthwise_conv(x, kernel[:, :, 0], tuple(strides), tuple(map(tuple, padding)))
 
 
 class DepthwiseConv(nn.Module):
