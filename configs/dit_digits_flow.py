@@ -1,6 +1,8 @@
 # Command:  python train.py --config=configs/dit_digits_flow.py --workdir=workdirs/dit_digits_flow
 #           python eval.py --config=configs/dit_digits_flow.py --workdir=workdirs/dit_digits_flow
-# Expected: not measured yet (same cost per step as configs/dit_digits.py: ~15 CPU-minutes for 3,000 steps).
+# Expected: 3,000 steps, final train loss 0.327 (velocity MSE: not comparable with DDPM's), 18 min wall / 16.6
+#           CPU-minutes on 2 shared cores (measured 2026-11-23); eval.py (25 Heun steps, cfg 2.0: 50 model calls against
+#           DDPM's 100) writes readable digits, 99.6% of 1,000 classified as asked by the quickstart ViT (DDPM: 98.9%).
 """configs/dit_digits.py with the modern recipe: rectified flow (velocity target, MSE) with SD3's logit-normal
 timesteps instead of DDPM's hybrid loss, RMS-normalised queries and keys, AdaLN-LoRA conditioning (one shared
 modulation plus a rank-16 update per block), and 25 Heun steps (50 model calls) with classifier-free guidance."""
