@@ -19,10 +19,10 @@ import jax.numpy as jnp
 from benchmarks.attention import flops, fwd_bwd, time_it
 from vision_models.kernels import GPU_LAUNCH, Launch, flash_attention, reference_attention
 
-SWEEPS = {  # block_q, block_k, num_warps, num_stages
-    'fwd': itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4, 5)),
-    'dkv': itertools.product((16, 32, 64, 128), (64, 128), (4, 8), (2, 3, 4, 5)),
-    'dq': itertools.product((64, 128), (16, 32, 64, 128), (4, 8), (2, 3, 4, 5)),
+SWEEPS = {  # choices of block_q, block_k, num_warps, num_stages
+    'fwd': ((64, 128), (32, 64, 128), (4, 8), (2, 3, 4, 5)),
+    'dkv': ((16, 32, 64, 128), (64, 128), (4, 8), (2, 3, 4, 5)),
+    'dq': ((64, 128), (16, 32, 64, 128), (4, 8), (2, 3, 4, 5)),
 }
 MAX_RELATIVE_ERROR = 2e-2  # bf16 inputs, float32 accumulation: errors land near 1e-2 at most
 
@@ -64,9 +64,9 @@ def main(argv=None) -> int:
   print(json.dumps({**base, 'impl': 'cudnn', 'seconds': reference, 'tflops_per_s': work / reference['fwd_bwd'] / 1e12}),
         flush=True)
   best = dict(GPU_LAUNCH)
-  for kernel, candidates in SWEEPS.items():
+  for kernel, choices in SWEEPS.items():
     results = []
-    for tiles in candidates:
+    for tiles in itertools.product(*choices):
       launch = {**best, kernel: Launch(*tiles)}
       fn = lambda q, k, v, launch=launch: flash_attention(q, k, v, launch=launch)
       try:
