@@ -102,7 +102,8 @@ def _numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 
 class TrainBatches:
-  """Endless per-host training batches `{'image': float32 NHWC, 'label': int32}`, starting after `start_step`.
+  """Endless per-host training batches `{'image': NHWC, 'label': int32}` (float32 images, or uint8 ones for a step
+  that augments on the device: `config.data.pp_device`), starting after `start_step`.
 
   `skipped` counts the examples dropped as undecodable so far (see `_preprocessed`). `repeated_aug=k` (DeiT's
   repeated augmentation, `config.data.repeated_aug`) yields each shuffled example k times in a row, each copy with its

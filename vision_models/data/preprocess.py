@@ -3,12 +3,11 @@
 Each op is registered by name and built from its literal arguments; the result maps a TFDS example dict to a new one.
 Random ops are stateless and take a per-example seed, so the pipeline is deterministic for a given data seed.
 """
-import ast
 from typing import Callable
 
 import tensorflow as tf
 
-from vision_models.errors import ConfigError
+from vision_models import op_spec
 
 Example = dict[str, tf.Tensor]
 Op = Callable[[Example, tf.Tensor], Example]
@@ -29,34 +28,9 @@ def op_names() -> list[str]:
   return sorted(_OPS)
 
 
-def _parse_one(text: str) -> tuple[str, tuple, dict]:
-  try:
-    node = ast.parse(text.strip(), mode='eval').body
-  except SyntaxError:
-    raise ConfigError(f'cannot parse preprocessing op {text!r}; write it as name or name(arg, key=value)') from None
-  if isinstance(node, ast.Name):
-    return node.id, (), {}
-  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-    try:
-      args = tuple(ast.literal_eval(a) for a in node.args)
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-    except ValueError:
-      raise ConfigError(f'preprocessing op {text!r}: arguments must be Python literals') from None
-    return node.func.id, args, kwargs
-  raise ConfigError(f'cannot parse preprocessing op {text!r}; write it as name or name(arg, key=value)')
-
-
 def parse(spec: str) -> Op:
   """Builds the composed op for `spec` ('op1|op2(...)|...'), raising ConfigError for an unknown op or bad args."""
-  ops = []
-  for text in filter(None, (s.strip() for s in spec.split('|'))):
-    name, args, kwargs = _parse_one(text)
-    if name not in _OPS:
-      raise ConfigError(f'unknown preprocessing op {name!r} in {spec!r}; known ops: {", ".join(op_names())}')
-    try:
-      ops.append(_OPS[name](*args, **kwargs))
-    except TypeError as e:
-      raise ConfigError(f'preprocessing op {text!r}: {e}') from None
+  ops = op_spec.build(spec, _OPS, 'preprocessing op')
 
   def apply(example: Example, seed: tf.Tensor) -> Example:
     for i, op in enumerate(ops):

@@ -50,6 +50,8 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   if config.batch_size % dp or config.batch_size % jax.process_count():
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} '
                       f'and process count {jax.process_count()}; use a multiple of {dp}')
+  if config.data.get('pp_device'):
+    raise ConfigError('config.data.pp_device is for classification; a diffusion run preprocesses in pp_train')
   kernels.resolve_impl(config.model.get('attn_impl', 'xla'))
   size, channels = config.data.image_size, config.data.get('channels', 3)
   model = models.create(config.model.name, **{'num_classes': dataset.num_classes, 'input_size': size,

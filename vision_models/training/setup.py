@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from vision_models import data, kernels, models, parallel
 from vision_models.errors import ConfigError
-from vision_models.training import optim, state as state_lib
+from vision_models.training import device_preprocess, optim, state as state_lib
 
 
 POSITIVE_INTS = ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every')
@@ -107,6 +107,8 @@ def build(config: Any, workdir: str | None = None) -> Setup:
     raise ConfigError(f'config.data.image_size={size} is not divisible by the patch size {patch} of '
                       f'{config.model.name}; use a multiple of {patch}')
   input_shape = (size, size, config.data.get('channels', 3))
+  if config.data.get('pp_device'):
+    device_preprocess.check(config.data.pp_device, input_shape)
   tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
   try:  # Traces the model abstractly: shape errors surface here, before any compilation.

@@ -24,14 +24,18 @@ LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Metrics, A
 
 
 def classification_loss(model: nn.Module, label_smoothing: float = 0.0, rules=parallel.DEFAULT_RULES,
-                        mixup: dict | None = None, mixup_groups: int = 1) -> LossFn:
+                        mixup: dict | None = None, mixup_groups: int = 1,
+                        preprocess: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> LossFn:
   """`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))` for a classifier.
 
   `mixup` (keyword arguments of `mixup.mixup_cutmix`: mixup_alpha, cutmix_alpha, switch_prob, prob) mixes each batch
-  inside the step; `mixup_groups` (the data-parallel size) keeps every mixed pair on one device.
+  inside the step; `mixup_groups` (the data-parallel size) keeps every mixed pair on one device. `preprocess(images,
+  key)` (`config.data.pp_device`) augments the batch on the accelerator first.
   """
   def loss_fn(params, model_state, batch, rng):
     images = batch['image']
+    if preprocess is not None:
+      images = preprocess(images, jax.random.fold_in(rng, 2))
     targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], model.num_classes), label_smoothing)
     if mixup:
       images, targets = mixup_lib.mixup_cutmix(jax.random.fold_in(rng, 1), images, jax.nn.one_hot(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from vision_models import data, models, parallel
 from vision_models.errors import ConfigError
 from vision_models.training import graft as graft_lib, guards, optim, perf, setup as setup_lib, state as state_lib
-from vision_models.training import steps
+from vision_models.training import device_preprocess, steps
 from vision_models.training.checkpoint import Checkpointer
 from vision_models.training.metrics import MetricWriter
 
@@ -79,7 +79,13 @@ class Task:
   def loss_fn(self) -> steps.LossFn:
     s, mixup = self.s, self.config.get('mixup')
     return steps.classification_loss(s.model, self.config.get('label_smoothing', 0.0), s.rules,
-                                     dict(mixup) if mixup else None, parallel.data_parallel_size(s.mesh))
+                                     dict(mixup) if mixup else None, parallel.data_parallel_size(s.mesh),
+                                     self.device_augment())
+
+  def device_augment(self) -> device_preprocess.DeviceOp | None:
+    """The augmentation the step runs on the accelerator (`config.data.pp_device`), or None."""
+    spec = self.config.data.get('pp_device')
+    return device_preprocess.parse(spec) if spec else None
 
   def state_from_variables(self, variables: Any) -> Any:
     """A step-0 state holding `variables` (a grafted start, `config.init_from`), laid out over the mesh."""
@@ -95,7 +101,8 @@ class Task:
 
   def model_inputs(self, batch: dict, rng: jax.Array) -> tuple:
     """The positional model inputs of a host batch (grafting initialises and distils on them)."""
-    return (batch['image'],)
+    preprocess = self.device_augment()
+    return (batch['image'] if preprocess is None else preprocess(jnp.asarray(batch['image']), rng),)
 
   def batches(self, start: int) -> data.TrainBatches:
     cfg = self.config.data
