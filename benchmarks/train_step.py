@@ -5,6 +5,8 @@
 Prints one JSON line per implementation (`examples_per_sec`, median `step_seconds`, `model_flops_per_step`, `mfu`
 where the device's peak is known, compiled temporary memory) and, with --against-timm, a line with the ratio
 ours / timm. `--min-ratio R` exits 1 when the ratio is below R, so the bar can be checked by a script.
+`--pp-device SPEC` (e.g. 'randaugment(2, 15)|flip_lr|value_range(-1, 1)', as `config.data.pp_device`) also times the
+step fed uint8 images that it augments itself, and prints what the augmentation adds to the step.
 With --against-timm the two steps are timed alternately (ours, timm, ours, ...), so a change in the machine's load
 during the run weighs on both sides of the ratio alike.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import optax
 
 from vision_models import models, parallel
-from vision_models.training import perf, state as state_lib, steps
+from vision_models.training import device_preprocess, perf, state as state_lib, steps
 
 TIMM_NAMES = {
     'vit_ti16': 'vit_tiny_patch16_224', 'vit_s16': 'vit_small_patch16_224', 'vit_b16': 'vit_base_patch16_224',
@@ -45,8 +47,9 @@ def time_steps(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
   return times
 
 
-def ours(args) -> tuple[dict, object]:
-  """Our train step: its description (FLOPs, memory, parameters) and a function running one step."""
+def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
+  """Our train step: its description (FLOPs, memory, parameters) and a function running one step. With
+  `pp_device` the batch is uint8 and the step augments it first."""
   kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
   if args.remat:
     kwargs['remat'] = True
@@ -58,15 +61,19 @@ def ours(args) -> tuple[dict, object]:
   shape = (args.resolution, args.resolution, 3)
   shardings = state_lib.shardings(model, tx, shape, mesh)
   state = state_lib.create(model, tx, shape, jax.random.key(0), shardings)
-  step = steps.make_train_step(steps.classification_loss(model), tx, optax.constant_schedule(1e-4), mesh, shardings)
+  preprocess = device_preprocess.parse(pp_device) if pp_device else None
+  step = steps.make_train_step(steps.classification_loss(model, preprocess=preprocess), tx,
+                               optax.constant_schedule(1e-4), mesh, shardings)
   rng = np.random.default_rng(0)
-  batch = jax.device_put({'image': rng.normal(size=(args.batch, *shape)).astype(np.float32),
+  images = (rng.integers(0, 256, (args.batch, *shape), np.uint8) if pp_device
+            else rng.normal(size=(args.batch, *shape)).astype(np.float32))
+  batch = jax.device_put({'image': images,
                           'label': rng.integers(0, 1000, args.batch).astype(np.int32)}, parallel.batch_sharding(mesh))
   key = jax.random.key(1)
   counted = step
   if kwargs.get('attn_impl', 'xla') != 'xla':  # kernels are custom calls XLA cannot count: count the XLA twin
     twin = models.create(args.model, num_classes=1000, **{**kwargs, 'attn_impl': 'xla'})
-    counted = steps.make_train_step(steps.classification_loss(twin), tx, optax.constant_schedule(1e-4), mesh,
+    counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx, optax.constant_schedule(1e-4), mesh,
                                     shardings)
   flops = perf.step_flops(counted, state, batch, key)
   compiled = step.lower(state, batch, key).compile()
@@ -78,7 +85,7 @@ def ours(args) -> tuple[dict, object]:
     jax.block_until_ready(metrics)
 
   return {'impl': 'vision_models', 'model': args.model, 'batch': args.batch, 'resolution': args.resolution,
-          'dtype': args.dtype, 'remat': args.remat, 'device': jax.devices()[0].device_kind,
+          'dtype': args.dtype, 'remat': args.remat, 'pp_device': pp_device, 'device': jax.devices()[0].device_kind,
           'devices': jax.device_count(), 'model_flops_per_step': flops,
           'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
           'params': models.param_count(nn.unbox(holder[0].params))}, run
@@ -130,16 +137,24 @@ def main(argv=None) -> int:
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--against-timm', action='store_true')
   parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
+  parser.add_argument('--pp-device', default=None, help='also time the step augmenting uint8 images with this spec')
   args = parser.parse_args(argv)
   if args.against_timm and args.model not in TIMM_NAMES:
     parser.error(f'no timm counterpart for {args.model}; known: {", ".join(sorted(TIMM_NAMES))}')
-  sides = [ours(args)] + ([timm_step(args)] if args.against_timm else [])
+  sides = [ours(args)] + ([ours(args, args.pp_device)] if args.pp_device else [])
+  sides += [timm_step(args)] if args.against_timm else []
   times = time_steps([run for _, run in sides], args.steps, args.warmup)
-  result, *reference = [with_timing(info, spent, args.batch) for (info, _), spent in zip(sides, times)]
+  result, *others = [with_timing(info, spent, args.batch) for (info, _), spent in zip(sides, times)]
   print(json.dumps(result), flush=True)
+  if args.pp_device:
+    augmented = others.pop(0)
+    print(json.dumps(augmented), flush=True)
+    added = augmented['step_seconds'] - result['step_seconds']
+    print(json.dumps({'model': args.model, 'pp_device': args.pp_device, 'augment_seconds': added,
+                      'augment_fraction_of_step': added / result['step_seconds']}), flush=True)
   if not args.against_timm:
     return 0
-  reference = reference[0]
+  reference = others[0]
   print(json.dumps(reference), flush=True)
   ratio = result['examples_per_sec'] / reference['examples_per_sec']
   print(json.dumps({'model': args.model, 'ours_over_timm': ratio}), flush=True)

@@ -18,3 +18,13 @@ def test_train_step_prints_one_json_line(capsys):
   assert line['impl'] == 'vision_models'
   assert line['params'] == 5_717_416 - 192 * (197 - 5)  # ViT-Ti/16 with 4 patches (at 32 px) instead of 196
   assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0
+
+
+def test_train_step_times_the_augmenting_step(capsys):
+  spec = 'randaugment(2, 9)|flip_lr|value_range(-1, 1)'
+  assert train_step.main(['--model', 'vit_ti16', '--resolution', '32', '--steps', '2', '--warmup', '1',
+                          '--pp-device', spec]) == 0
+  plain, augmented, added = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-3:]]
+  assert plain['pp_device'] is None and augmented['pp_device'] == spec
+  assert augmented['model_flops_per_step'] >= plain['model_flops_per_step']
+  assert added['augment_seconds'] == augmented['step_seconds'] - plain['step_seconds']

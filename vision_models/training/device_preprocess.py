@@ -122,9 +122,10 @@ def _solarize_add(image, level, sign):
 
 def _sharpness(factor):
   def fn(image, level, sign):
-    height, width = image.shape[:2]
-    # PIL's SMOOTH filter [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 on the interior; the border stays.
-    total = sum(image[dy:height - 2 + dy, dx:width - 2 + dx] for dy in range(3) for dx in range(3))
+    # PIL's SMOOTH filter [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 on the interior; the border stays. The 3x3 box
+    # sum is separable (exact: integers), 5x faster on the CPU than nine shifted slices.
+    rows = image[:-2] + image[1:-1] + image[2:]
+    total = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
     smooth = jnp.round((total + 4 * image[1:-1, 1:-1]) / 13.0)
     degenerate = image.at[1:-1, 1:-1].set(smooth)
     return _blend(degenerate, image, factor(level, sign))
@@ -156,45 +157,58 @@ def _affine(image, matrix, offset, fill):
   return out[..., :-1] + (1.0 - out[..., -1:]) * jnp.array(fill[:channels], jnp.float32)
 
 
-def _rotate(fill):
-  def fn(image, level, sign):
-    angle = -sign * level * 30.0 * math.pi / 180  # PIL rotates counter-clockwise about the image centre.
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    center = jnp.array([image.shape[1], image.shape[0]], jnp.float32) / 2  # (x, y)
-    matrix = jnp.array([[cos, sin], [-sin, cos]])
-    return _affine(image, matrix, center - matrix @ center, fill)
-  return fn
+# The geometric ops as `(level, sign, height, width) -> (matrix, offset)`: a layer warps once, with the drawn op's
+# transform (the identity for the others), instead of warping every image five times and keeping one.
+
+def _rotate(level, sign, height, width):
+  angle = -sign * level * 30.0 * math.pi / 180  # PIL rotates counter-clockwise about the image centre.
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  center = jnp.array([width, height], jnp.float32) / 2  # (x, y)
+  matrix = jnp.array([[cos, sin], [-sin, cos]])
+  return matrix, center - matrix @ center
 
 
-def _shear(axis, fill):
-  def fn(image, level, sign):
+def _shear(axis):
+  def fn(level, sign, height, width):
     f = sign * level * 0.3
-    matrix = jnp.array([[1.0, f], [0.0, 1.0]] if axis == 'x' else [[1.0, 0.0], [f, 1.0]])
-    return _affine(image, matrix, jnp.zeros(2), fill)
+    return jnp.array([[1.0, f], [0.0, 1.0]] if axis == 'x' else [[1.0, 0.0], [f, 1.0]]), jnp.zeros(2)
   return fn
 
 
-def _translate(axis, fill):
-  def fn(image, level, sign):
-    pixels = sign * level * 0.45 * image.shape[1 if axis == 'x' else 0]
-    offset = jnp.array([pixels, 0.0] if axis == 'x' else [0.0, pixels])
-    return _affine(image, jnp.eye(2), offset, fill)
+def _translate(axis):
+  def fn(level, sign, height, width):
+    pixels = sign * level * 0.45 * (width if axis == 'x' else height)
+    return jnp.eye(2), jnp.array([pixels, 0.0] if axis == 'x' else [0.0, pixels])
   return fn
 
 
-def randaugment_ops(increasing: bool = True, fill: tuple[float, ...] = (124, 116, 104)) -> dict[str, Callable]:
-  """timm's RandAugment op set by name, as the host's `data.augment.randaugment_ops`."""
+_GEOMETRIC = {'Rotate': _rotate, 'ShearX': _shear('x'), 'ShearY': _shear('y'), 'TranslateX': _translate('x'),
+              'TranslateY': _translate('y')}
+
+
+def _pixel_ops(increasing: bool) -> dict[str, Callable]:
   factor = _enhance_factor(increasing)
   return {
       'AutoContrast': _autocontrast, 'Equalize': _equalize, 'Invert': lambda image, level, sign: 255.0 - image,
-      'Rotate': _rotate(fill), 'Posterize': _posterize(increasing), 'Solarize': _solarize(increasing),
-      'SolarizeAdd': _solarize_add,
+      'Posterize': _posterize(increasing), 'Solarize': _solarize(increasing), 'SolarizeAdd': _solarize_add,
       'Color': lambda image, level, sign: _blend(_gray(image), image, factor(level, sign)),
       'Contrast': lambda image, level, sign: _blend(jnp.floor(_gray(image).mean() + 0.5), image, factor(level, sign)),
       'Brightness': lambda image, level, sign: _blend(0.0, image, factor(level, sign)),
-      'Sharpness': _sharpness(factor), 'ShearX': _shear('x', fill), 'ShearY': _shear('y', fill),
-      'TranslateX': _translate('x', fill), 'TranslateY': _translate('y', fill),
+      'Sharpness': _sharpness(factor),
   }
+
+
+_HOST_ORDER = (  # timm's order, which the ops' draw indexes
+    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
+    'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+
+
+def randaugment_ops(increasing: bool = True, fill: tuple[float, ...] = (124, 116, 104)) -> dict[str, Callable]:
+  """timm's RandAugment op set by name, `fn(image, level, sign)`, as the host's `data.augment.randaugment_ops`."""
+  def warp(transform):
+    return lambda image, level, sign: _affine(image, *transform(level, sign, *image.shape[:2]), fill)
+  table = {**_pixel_ops(increasing), **{name: warp(t) for name, t in _GEOMETRIC.items()}}
+  return {name: table[name] for name in _HOST_ORDER}
 
 
 @_register('randaugment')
@@ -203,14 +217,18 @@ def randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float 
                 fill: tuple[float, ...] = (124, 116, 104)) -> DeviceOp:
   """timm RandAugment on uint8 images, the arguments and draws of the host op `randaugment`: per example and layer,
   an op drawn uniformly is applied with probability `prob` at magnitude N(magnitude, magnitude_std) clipped to
-  [0, magnitude_max]. Under `vmap` every op runs on every image and a select keeps the drawn one."""
-  table = randaugment_ops(increasing, fill)
-  names = list(table) if ops is None else list(ops)
-  unknown = sorted(set(names) - set(table))
+  [0, magnitude_max]. Under `vmap` every pixel op runs on every image and a select keeps the drawn one; the
+  geometric ops share one warp."""
+  names = list(_HOST_ORDER) if ops is None else list(ops)
+  unknown = sorted(set(names) - set(_HOST_ORDER))
   if unknown or not names:
-    raise ConfigError(f'randaugment: unknown ops {unknown or names}; choose from {", ".join(table)}')
-  branches = [lambda image, level, sign, f=table[n]: jnp.clip(jnp.round(f(image, level, sign)), 0.0, 255.0)
-              for n in names] + [lambda image, level, sign: image]
+    raise ConfigError(f'randaugment: unknown ops {unknown or names}; choose from {", ".join(_HOST_ORDER)}')
+  pixel_ops = _pixel_ops(increasing)
+  # Branch i is op names[i]; a geometric op's branch keeps the warped image, the last branch (not applied) the input.
+  branches = [(lambda image, warped, level, sign, f=pixel_ops[n]: f(image, level, sign)) if n in pixel_ops
+              else (lambda image, warped, level, sign: warped) for n in names]
+  branches.append(lambda image, warped, level, sign: image)
+  geometric = [(i, _GEOMETRIC[n]) for i, n in enumerate(names) if n in _GEOMETRIC]
 
   def layer(image, key):
     k_op, k_apply, k_mag, k_sign = jax.random.split(key, 4)
@@ -221,12 +239,21 @@ def randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float 
     level = jnp.clip(mag, 0.0, float(magnitude_max)) / _LEVEL_DENOM
     sign = jnp.where(jax.random.uniform(k_sign) < 0.5, 1.0, -1.0)
     index = jnp.where(jax.random.uniform(k_apply) < prob, jax.random.randint(k_op, (), 0, len(names)), len(names))
-    return jax.lax.switch(index, branches, image, level, sign)
+    warped = image
+    if geometric:
+      matrix, offset = jnp.eye(2), jnp.zeros(2)
+      for i, transform in geometric:
+        m, o = transform(level, sign, *image.shape[:2])
+        matrix, offset = jnp.where(index == i, m, matrix), jnp.where(index == i, o, offset)
+      warped = _affine(image, matrix, offset, fill)
+    return jnp.clip(jnp.round(jax.lax.switch(index, branches, image, warped, level, sign)), 0.0, 255.0)
 
   def fn(image, key):
     out = image.astype(jnp.float32)
     for i in range(num_layers):
-      out = layer(out, jax.random.fold_in(key, i))
+      # The barrier keeps each layer's result in memory: fused into the next layer's many consumers, the whole
+      # select tree would be recomputed in each of them (3.5x the time of the layers apart, measured on the CPU).
+      out = jax.lax.optimization_barrier(layer(out, jax.random.fold_in(key, i)))
     return out.astype(jnp.uint8)
 
   op = _per_example(fn)
