@@ -3,7 +3,7 @@ read by the project's training pipeline (`vision_models.data.TrainBatches`: shuf
 flip, value range, batch).
 
   python -m benchmarks.input_pipeline [--images 256] [--size 224] [--batch 32] [--batches 8] [--pp imagenet|deit|
-      plain|plain_decode_whole|all] [--min-rate 0] [--data-dir DIR]
+      plain|plain_decode_whole|device|all] [--min-rate 0] [--data-dir DIR]
 
 Prints one JSON line for the dataset written and one per preprocessing spec with `images_per_sec` and
 `images_per_sec_per_core` (cores this process may use). Exits with status 1 when a batch is malformed (shape, dtype,
@@ -36,6 +36,8 @@ def specs(size: int) -> dict[str, str]:
       'deit': f'random_resized_crop({size})|flip_lr|randaugment()|normalize|random_erasing(0.25)|{KEEP}',
       'plain': f'inception_crop({size})|flip_lr|value_range(-1, 1)|{KEEP}',
       'plain_decode_whole': f'decode|inception_crop({size})|flip_lr|value_range(-1, 1)|{KEEP}',
+      # The host half of `imagenet` when the step augments (config.data.pp_device): uint8 crops.
+      'device': f'inception_crop({size})|{KEEP}',
   }
 
 
@@ -64,12 +66,12 @@ def write_dataset(data_dir: str, count: int, min_side: int, max_side: int, seed:
           'write_seconds': round(time.perf_counter() - start, 2)}
 
 
-def check_batch(batch: dict, batch_size: int, size: int, value_range: bool) -> list[str]:
+def check_batch(batch: dict, batch_size: int, size: int, value_range: bool, dtype=np.float32) -> list[str]:
   """What is wrong with a batch (empty when it is well-formed)."""
   image, label = batch['image'], batch['label']
   problems = []
-  if image.shape != (batch_size, size, size, 3) or image.dtype != np.float32:
-    problems.append(f'image {image.shape} {image.dtype}, expected ({batch_size}, {size}, {size}, 3) float32')
+  if image.shape != (batch_size, size, size, 3) or image.dtype != dtype:
+    problems.append(f'image {image.shape} {image.dtype}, expected ({batch_size}, {size}, {size}, 3) {dtype.__name__}')
   if not np.isfinite(image).all():
     problems.append('non-finite pixel values')
   if value_range and (image.min() < -1 or image.max() > 1):
@@ -83,11 +85,14 @@ def check_batch(batch: dict, batch_size: int, size: int, value_range: bool) -> l
 
 def measure(data_dir: str, name: str, spec: str, args) -> dict:
   batches = data.TrainBatches(NAME, 'train', data_dir, spec, args.batch, seed=0, shuffle_buffer=args.images)
-  problems = check_batch(next(batches), args.batch, args.size, 'value_range' in spec)  # Also builds the graph.
+  check = lambda batch: check_batch(batch, args.batch, args.size, 'value_range' in spec,
+                                    np.float32 if 'value_range' in spec or 'normalize' in spec else np.uint8)
+  problems = check(next(batches))  # Also builds the graph.
   start = time.perf_counter()
-  for _ in range(args.batches):
-    problems += check_batch(next(batches), args.batch, args.size, 'value_range' in spec)
+  timed = [next(batches) for _ in range(args.batches)]
   seconds = time.perf_counter() - start
+  for batch in timed:  # Checked after the clock stops: the checks would take the pipeline's cores.
+    problems += check(batch)
   rate = args.batches * args.batch / seconds
   cores = len(os.sched_getaffinity(0))
   return {'pp': name, 'spec': spec, 'batch': args.batch, 'size': args.size, 'images': args.batches * args.batch,
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
   parser.add_argument('--size', type=int, default=224, help='output resolution')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--batches', type=int, default=8, help='batches timed after the first')
-  parser.add_argument('--pp', default='imagenet', choices=['imagenet', 'deit', 'plain', 'plain_decode_whole', 'all'])
+  parser.add_argument('--pp', default='imagenet', choices=[*specs(224), 'all'])
   parser.add_argument('--min-rate', type=float, default=0.0, help='fail below this many images/sec')
   parser.add_argument('--data-dir', help='reuse (or write once into) this TFDS data dir instead of a temporary one')
   args = parser.parse_args(argv)

@@ -18,17 +18,23 @@ def big_vision_randaug(num_layers: int, magnitude: int) -> str:
           'fill=(128, 128, 128))')
 
 
+def _augment_ops(randaug: str, erasing: float, norm: str) -> list[str]:
+  return ['flip_lr'] + ([randaug] if randaug else []) + [norm] + ([f'random_erasing({erasing})'] if erasing else [])
+
+
 def pp_train(size: int, *, crop: str = 'random_resized_crop', randaug: str = '', erasing: float = 0.0,
              norm: str = IMAGENET_MEAN_STD) -> str:
   """random crop → flip → [RandAugment] → normalise → [random erasing] (timm's and DeiT's order). The crop takes the
   JPEG bytes and decodes only its window."""
-  ops = [f'{crop}({size})', 'flip_lr']
-  if randaug:
-    ops.append(randaug)
-  ops.append(norm)
-  if erasing:
-    ops.append(f'random_erasing({erasing})')
-  return '|'.join(ops + ['keep("image", "label")'])
+  return '|'.join([f'{crop}({size})', *_augment_ops(randaug, erasing, norm), 'keep("image", "label")'])
+
+
+def pp_train_on_device(size: int, *, crop: str = 'random_resized_crop', randaug: str = '', erasing: float = 0.0,
+                       norm: str = IMAGENET_MEAN_STD) -> tuple[str, str]:
+  """`pp_train`'s ops split for `config.data.pp_train` and `config.data.pp_device`: the host only decodes and crops
+  (uint8), the train step flips, RandAugments, normalises and erases on the accelerator. A host core then feeds about
+  3x more images per second (benchmarks/RESULTS.md), the choice for GPUs with few host cores per device."""
+  return f'{crop}({size})|keep("image", "label")', '|'.join(_augment_ops(randaug, erasing, norm))
 
 
 def pp_eval(size: int, crop_pct: float = 0.875, norm: str = IMAGENET_MEAN_STD, method: str = 'bicubic') -> str:
@@ -40,16 +46,18 @@ def steps_per_epoch(batch_size: int) -> int:
   return IMAGENET_TRAIN // batch_size
 
 
-def imagenet(model: dict, *, batch_size: int, epochs: float, train: str, eval: str, image_size: int = 224,
-             eval_every_epochs: int = 5) -> ml_collections.ConfigDict:
+def imagenet(model: dict, *, batch_size: int, epochs: float, train: str | tuple[str, str], eval: str,
+             image_size: int = 224, eval_every_epochs: int = 5) -> ml_collections.ConfigDict:
   """A config with the ImageNet-1k dataset, the model, the step counts and checkpointing; the caller adds
-  `optimizer`, `label_smoothing` (0 here) and `mixup`."""
+  `optimizer`, `label_smoothing` (0 here) and `mixup`. `train` is the host's spec, or (host, device) specs from
+  `pp_train_on_device`."""
+  train, device = (train, '') if isinstance(train, str) else train
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = model
   c.data = dict(name='imagenet2012', data_dir=config_dict.placeholder(str), train_split='train',
                 eval_split='validation', image_size=image_size, channels=3, shuffle_buffer=250_000,
-                pp_train=train, pp_eval=eval)
+                pp_train=train, pp_device=device, pp_eval=eval)
   c.batch_size = batch_size
   epoch = steps_per_epoch(batch_size)
   c.total_steps = int(epochs * epoch)

