@@ -2,7 +2,7 @@
 measured by running the scripts, see benchmarks/RESULTS.md)."""
 import json
 
-from benchmarks import train_step
+from benchmarks import input_pipeline, train_step
 
 
 def test_time_steps_interleaves_the_implementations():
@@ -28,3 +28,16 @@ def test_train_step_times_the_augmenting_step(capsys):
   assert plain['pp_device'] is None and augmented['pp_device'] == spec
   assert augmented['model_flops_per_step'] >= plain['model_flops_per_step']
   assert added['augment_seconds'] == augmented['step_seconds'] - plain['step_seconds']
+
+
+def test_input_pipeline_measures_every_spec_and_can_fail(capsys, tmp_path):
+  args = ['--images', '8', '--min-side', '40', '--max-side', '60', '--size', '32', '--batch', '4', '--batches', '2',
+          '--data-dir', str(tmp_path)]
+  assert input_pipeline.main(args + ['--pp', 'all']) == 0
+  written, *lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert written['images'] == 8 and written['dataset_bytes'] > 0
+  assert [line['pp'] for line in lines] == list(input_pipeline.specs(32))
+  assert all(line['ok'] and not line['problems'] and line['images_per_sec_per_core'] > 0 for line in lines)
+  assert input_pipeline.main(args + ['--pp', 'device', '--min-rate', '1e9']) == 1  # The dataset is reused.
+  (line,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  assert not line['ok'] and line['images_per_sec'] < 1e9

@@ -104,3 +104,13 @@ def test_training_augments_on_the_device(tiny_config, tmp_path):
   tiny_config.data.pp_device = 'randaugment(2, 9)'  # Leaves uint8: refused before anything compiles.
   with pytest.raises(ConfigError, match='pp_device'):
     trainer.train(tiny_config, str(tmp_path / 'bad'))
+
+
+def test_diffusion_refuses_device_preprocessing(digits_dir):
+  from configs import dit_digits
+  from vision_models.diffusion import trainer as diffusion_trainer
+  config = dit_digits.get_config()
+  config.data.data_dir = digits_dir
+  config.data.pp_device = 'flip_lr'
+  with pytest.raises(ConfigError, match='pp_device is for classification'):
+    diffusion_trainer.build(config)
