@@ -23,6 +23,7 @@ def test_short_run_on_8_devices_learns_checkpoints_and_resumes(tiny_config, tmp_
   assert len(losses) == 6 and losses[-1] < losses[0] * 0.9, losses
   assert {'train/learning_rate', 'train/accuracy', 'perf/examples_per_sec', 'perf/mfu'} <= set(records[0])
   assert records[0]['perf/model_flops_per_step'] > 1e6 and 0 < records[0]['perf/mfu'] < 1
+  assert all(0 <= r['perf/input_wait_fraction'] <= 1 for r in records if 'train/loss' in r)
   assert results['eval/examples'] == 360 and results['eval/accuracy'] > 0.25, results  # chance is 0.1
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15', '30']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))

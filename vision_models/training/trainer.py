@@ -190,10 +190,13 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
   preemption = guards.Preemption()
   bar = tqdm(total=total, initial=start, disable=not is_main, desc='train', dynamic_ncols=True)
   last_time, last_step, previous, flops = time.perf_counter(), start, None, None
+  input_wait = 0.0  # Seconds the loop waited for batches since the last log: near 0 unless the input bounds the run.
   peak = perf.device_peak_flops(config.get('peak_flops_per_device'))
   try:
     for step in range(start + 1, total + 1):
+      fetch_start = time.perf_counter()
       batch = parallel.to_global(next(batches), s.mesh)
+      input_wait += time.perf_counter() - fetch_start
       if flops is None:
         flops = perf.step_flops(train_step, state, batch, step_rng) or 0.0
       state, metrics = train_step(state, batch, step_rng)
@@ -205,9 +208,10 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         step_seconds = (now - last_time) / (step - last_step)
-        last_time, last_step = now, step
         metrics.update({'perf/step_seconds': step_seconds, 'perf/examples_per_sec': config.batch_size / step_seconds,
+                        'perf/input_wait_fraction': min(1.0, input_wait / (now - last_time)),
                         'perf/model_flops_per_step': flops, 'data/skipped_examples': batches.skipped})
+        last_time, last_step, input_wait = now, step, 0.0
         utilisation = perf.mfu(flops, step_seconds, peak, jax.device_count())
         if utilisation is not None:
           metrics['perf/mfu'] = utilisation
@@ -223,7 +227,7 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
         writer.write(step, results)
         if is_main:
           bar.write(f'step {step}: {task.eval_line(results)}')
-        last_time = time.perf_counter()  # Evaluation time is not training throughput.
+        last_time, input_wait = time.perf_counter(), 0.0  # Evaluation time is not training throughput.
       if due_save:
         ckpt.save(step, state, force=preempted)
       if preempted:
