@@ -24,10 +24,6 @@ def register(name: str):
   return add
 
 
-def op_names() -> list[str]:
-  return sorted(_OPS)
-
-
 def parse(spec: str) -> Op:
   """Builds the composed op for `spec` ('op1|op2(...)|...'), raising ConfigError for an unknown op or bad args."""
   ops = op_spec.build(spec, _OPS, 'preprocessing op')

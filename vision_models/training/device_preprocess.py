@@ -29,10 +29,6 @@ def _register(name: str):
   return add
 
 
-def op_names() -> list[str]:
-  return sorted(_OPS)
-
-
 def parse(spec: str) -> DeviceOp:
   """The composed op of `spec` ('op1|op2(...)'); ConfigError for an unknown op or bad arguments."""
   ops = op_spec.build(spec, _OPS, 'device preprocessing op')
