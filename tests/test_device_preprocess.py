@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vision_models.data import augment
+from vision_models.data import augment, preprocess
 from vision_models.errors import ConfigError
 from vision_models.training import device_preprocess as dp, metrics as metrics_lib, trainer
 
@@ -84,6 +84,12 @@ def test_bad_specs_are_config_errors(spec, match):
     dp.check(spec, (16, 16, 3))
 
 
+def test_check_takes_the_host_output_dtype():
+  assert preprocess.image_dtype('inception_crop(16)|keep("image", "label")') == 'uint8'
+  assert preprocess.image_dtype('decode|resize(16)|normalize|keep("image", "label")') == 'float32'
+  assert dp.check('flip_lr|random_erasing(0.25)', (16, 16, 3), 'float32').dtype == jnp.float32
+
+
 @pytest.mark.xdist_group('training')
 def test_training_augments_on_the_device(tiny_config, tmp_path):
   tiny_config.total_steps = 10
@@ -104,6 +110,9 @@ def test_training_augments_on_the_device(tiny_config, tmp_path):
   tiny_config.data.pp_device = 'randaugment(2, 9)'  # Leaves uint8: refused before anything compiles.
   with pytest.raises(ConfigError, match='pp_device'):
     trainer.train(tiny_config, str(tmp_path / 'bad'))
+  tiny_config.data.pp_train = tiny_config.data.pp_eval  # Float from the host: erasing on the device fits.
+  tiny_config.data.pp_device = 'flip_lr|random_erasing(0.25)'
+  trainer.Task(tiny_config)
 
 
 def test_diffusion_refuses_device_preprocessing(digits_dir):

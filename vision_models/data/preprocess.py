@@ -36,6 +36,14 @@ def parse(spec: str) -> Op:
   return apply
 
 
+def image_dtype(spec: str) -> str:
+  """The dtype name of the image `spec` makes from encoded bytes ('uint8', 'float32'), found by tracing it."""
+  op = parse(spec)
+  trace = tf.function(lambda image: op({'image': image, 'label': tf.constant(0, tf.int64)},
+                                       tf.constant([0, 0], tf.int64))['image'], autograph=False)
+  return trace.get_concrete_function(tf.TensorSpec([], tf.string)).structured_outputs.dtype.name
+
+
 def _image_op(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Op:
   def op(example, seed):
     return {**example, 'image': fn(example['image'], seed)}

@@ -301,10 +301,10 @@ def random_erasing(probability: float = 0.25, mode: str = 'pixel', min_area: flo
   return checked
 
 
-def check(spec: str, image_shape: tuple[int, int, int]) -> jax.ShapeDtypeStruct:
-  """Traces `spec` on a uint8 batch of `image_shape` (what a host crop hands over) and returns its output; a
-  ConfigError when the ops do not fit together or the result is not the float input a model takes."""
-  out = jax.eval_shape(parse(spec), jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8), jax.random.key(0))
+def check(spec: str, image_shape: tuple[int, int, int], dtype='uint8') -> jax.ShapeDtypeStruct:
+  """Traces `spec` on a batch of `image_shape` and `dtype` (what the host's pp_train hands over) and returns its
+  output; a ConfigError when the ops do not fit together or the result is not the float input a model takes."""
+  out = jax.eval_shape(parse(spec), jax.ShapeDtypeStruct((1, *image_shape), dtype), jax.random.key(0))
   if not jnp.issubdtype(out.dtype, jnp.floating):
     raise ConfigError(f'config.data.pp_device={spec!r} leaves the images {out.dtype}: end it with value_range or '
                       'normalize, which give the float input the model takes')

@@ -108,7 +108,7 @@ def build(config: Any, workdir: str | None = None) -> Setup:
                       f'{config.model.name}; use a multiple of {patch}')
   input_shape = (size, size, config.data.get('channels', 3))
   if config.data.get('pp_device'):
-    device_preprocess.check(config.data.pp_device, input_shape)
+    device_preprocess.check(config.data.pp_device, input_shape, data.preprocess.image_dtype(config.data.pp_train))
   tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
   try:  # Traces the model abstractly: shape errors surface here, before any compilation.
