@@ -130,14 +130,15 @@ def _sharpness(factor):
 
 def _affine(image, matrix, offset, fill):
   """Output pixel p samples the input at `matrix @ p + offset` (PIL's continuous coordinates, pixel centres at
-  +0.5), bilinear, `fill` outside: the fill is blended through a sampled alpha channel, as on the host."""
+  +0.5), bilinear, `fill` outside: it warps `image - fill` with zeros outside and adds `fill` back, as on the host."""
   height, width, channels = image.shape
   offset = offset + matrix.sum(1) * 0.5 - 0.5  # to pixel indices
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
                             indexing='ij')
   x = matrix[0, 0] * cols + matrix[0, 1] * rows + offset[0]
   y = matrix[1, 0] * cols + matrix[1, 1] * rows + offset[1]
-  with_alpha = jnp.concatenate([image, jnp.ones_like(image[..., :1])], -1)
+  fill = jnp.array(fill[:channels], jnp.float32)
+  shifted = image - fill
   # One gather of all channels per tap (not map_coordinates per channel): XLA recomputes the coordinates in each
   # consumer, and rounding that differs between copies would pair one channel's taps with another's weights.
   x0, y0 = jnp.floor(x), jnp.floor(y)
@@ -146,11 +147,11 @@ def _affine(image, matrix, offset, fill):
 
   def tap(r, c):
     inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-    return jnp.where(inside[..., None], with_alpha[jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)], 0.0)
+    return jnp.where(inside[..., None], shifted[jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)], 0.0)
 
   out = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
          + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
-  return out[..., :-1] + (1.0 - out[..., -1:]) * jnp.array(fill[:channels], jnp.float32)
+  return out + fill
 
 
 # The geometric ops as `(level, sign, height, width) -> (matrix, offset)`: a layer warps once, with the drawn op's
