@@ -33,7 +33,7 @@ def pp_train_on_device(size: int, *, crop: str = 'random_resized_crop', randaug:
                        norm: str = IMAGENET_MEAN_STD) -> tuple[str, str]:
   """`pp_train`'s ops split for `config.data.pp_train` and `config.data.pp_device`: the host only decodes and crops
   (uint8), the train step flips, RandAugments, normalises and erases on the accelerator. A host core then feeds about
-  3x more images per second (benchmarks/RESULTS.md), the choice for GPUs with few host cores per device."""
+  2.4x more images per second (benchmarks/RESULTS.md), the choice for GPUs with few host cores per device."""
   return f'{crop}({size})|keep("image", "label")', '|'.join(_augment_ops(randaug, erasing, norm))
 
 

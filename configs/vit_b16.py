@@ -1,6 +1,6 @@
 # Command:  python train.py --config=configs/vit_b16.py --workdir=gs://BUCKET/vit_b16   (TPU v3-32 / 8×A100 or more)
 #           GPU hosts with few cores per GPU: --config=configs/vit_b16.py:device_augment (RandAugment in the step;
-#           the host then decodes and crops 485 images/s per core, about 3x more, benchmarks/RESULTS.md).
+#           the host then decodes and crops 503 images/s per core, 2.4x more, benchmarks/RESULTS.md).
 # Expected: ViT-B/16 on ImageNet-1k from scratch, AugReg recipe (big_vision configs/vit_i1k.py, "medium2"): 300 epochs,
 #           batch 4096, top-1 79.15% at 224 px (timm's augreg_in1k row). About 1.5 days on a TPU v3-32 (estimate).
 # Needs imagenet2012 prepared with TFDS (train.py says how when it is not).
