@@ -27,15 +27,29 @@ def _parse_one(text: str, what: str) -> tuple[str, tuple, dict]:
   raise ConfigError(usage)
 
 
-def build(spec: str, factories: dict[str, Callable[..., Any]], what: str) -> list[Any]:
-  """The ops of `spec`, each `factories[name](*args, **kwargs)`; a ConfigError names an unknown op or bad args."""
-  ops = []
-  for text in filter(None, (s.strip() for s in spec.split('|'))):
-    name, args, kwargs = _parse_one(text, what)
-    if name not in factories:
-      raise ConfigError(f'unknown {what} {name!r} in {spec!r}; known ops: {", ".join(sorted(factories))}')
-    try:
-      ops.append(factories[name](*args, **kwargs))
-    except TypeError as e:
-      raise ConfigError(f'{what} {text!r}: {e}') from None
-  return ops
+class Registry:
+  """Op factories by name (`@registry.register('name')`), built from a spec by `registry.build(spec)`. `what` names
+  the ops in errors ('preprocessing op')."""
+
+  def __init__(self, what: str):
+    self.what = what
+    self.factories: dict[str, Callable[..., Any]] = {}
+
+  def register(self, name: str):
+    def add(factory):
+      self.factories[name] = factory
+      return factory
+    return add
+
+  def build(self, spec: str) -> list[Any]:
+    """The ops of `spec`, each `factory(*args, **kwargs)`; a ConfigError names an unknown op or bad arguments."""
+    ops = []
+    for text in filter(None, (s.strip() for s in spec.split('|'))):
+      name, args, kwargs = _parse_one(text, self.what)
+      if name not in self.factories:
+        raise ConfigError(f'unknown {self.what} {name!r} in {spec!r}; known ops: {", ".join(sorted(self.factories))}')
+      try:
+        ops.append(self.factories[name](*args, **kwargs))
+      except TypeError as e:
+        raise ConfigError(f'{self.what} {text!r}: {e}') from None
+    return ops

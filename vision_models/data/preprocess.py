@@ -11,22 +11,13 @@ from vision_models import op_spec
 
 Example = dict[str, tf.Tensor]
 Op = Callable[[Example, tf.Tensor], Example]
-_OPS: dict[str, Callable[..., Op]] = {}
-
-
-def register(name: str):
-  """Registers an op factory: `factory(*args, **kwargs) -> op(example, seed) -> example`."""
-
-  def add(factory):
-    _OPS[name] = factory
-    return factory
-
-  return add
+_REGISTRY = op_spec.Registry('preprocessing op')
+register = _REGISTRY.register  # `@register(name)` on `factory(*args, **kwargs) -> op(example, seed) -> example`.
 
 
 def parse(spec: str) -> Op:
   """Builds the composed op for `spec` ('op1|op2(...)|...'), raising ConfigError for an unknown op or bad args."""
-  ops = op_spec.build(spec, _OPS, 'preprocessing op')
+  ops = _REGISTRY.build(spec)
 
   def apply(example: Example, seed: tf.Tensor) -> Example:
     for i, op in enumerate(ops):

@@ -17,21 +17,15 @@ from vision_models import op_spec
 from vision_models.errors import ConfigError
 
 DeviceOp = Callable[[jax.Array, jax.Array], jax.Array]  # (images [B, H, W, C], key) -> images
-_OPS: dict[str, Callable[..., DeviceOp]] = {}
+_REGISTRY = op_spec.Registry('device preprocessing op')
+_register = _REGISTRY.register
 _ATTEMPTS = 10  # Boxes drawn before giving up, as in timm's erasing.
 _LEVEL_DENOM = 10.0  # RandAugment magnitude M is level M / 10 of each op's range.
 
 
-def _register(name: str):
-  def add(factory):
-    _OPS[name] = factory
-    return factory
-  return add
-
-
 def parse(spec: str) -> DeviceOp:
   """The composed op of `spec` ('op1|op2(...)'); ConfigError for an unknown op or bad arguments."""
-  ops = op_spec.build(spec, _OPS, 'device preprocessing op')
+  ops = _REGISTRY.build(spec)
 
   def apply(images: jax.Array, key: jax.Array) -> jax.Array:
     for i, op in enumerate(ops):
