@@ -85,8 +85,8 @@ def check_batch(batch: dict, batch_size: int, size: int, value_range: bool, dtyp
 
 def measure(data_dir: str, name: str, spec: str, args) -> dict:
   batches = data.TrainBatches(NAME, 'train', data_dir, spec, args.batch, seed=0, shuffle_buffer=args.images)
-  check = lambda batch: check_batch(batch, args.batch, args.size, 'value_range' in spec,
-                                    np.float32 if 'value_range' in spec or 'normalize' in spec else np.uint8)
+  dtype = np.dtype(data.preprocess.image_dtype(spec)).type  # uint8 for a spec that leaves the rest to the device
+  check = lambda batch: check_batch(batch, args.batch, args.size, 'value_range' in spec, dtype)
   problems = check(next(batches))  # Also builds the graph.
   start = time.perf_counter()
   timed = [next(batches) for _ in range(args.batches)]

@@ -73,8 +73,8 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   counted = step
   if kwargs.get('attn_impl', 'xla') != 'xla':  # kernels are custom calls XLA cannot count: count the XLA twin
     twin = models.create(args.model, num_classes=1000, **{**kwargs, 'attn_impl': 'xla'})
-    counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx, optax.constant_schedule(1e-4), mesh,
-                                    shardings)
+    counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx,
+                                    optax.constant_schedule(1e-4), mesh, shardings)
   flops = perf.step_flops(counted, state, batch, key)
   compiled = step.lower(state, batch, key).compile()
   memory = compiled.memory_analysis()
