@@ -76,7 +76,10 @@ def _enhance_factor(increasing):
 
 def _autocontrast(image, level, sign):
   lo, hi = image.min((0, 1), keepdims=True), image.max((0, 1), keepdims=True)
-  return jnp.where(hi > lo, jnp.floor((image - lo) * 255.0 / jnp.maximum(hi - lo, 1.0)), image)
+  # The exact quotient is a whole number or at least 1/255 above one; XLA:GPU divides through a reciprocal, which can
+  # land a whole number just below itself (255 · (1/255) < 1), so floor gets a margin smaller than 1/255.
+  scaled = (image - lo) * 255.0 / jnp.maximum(hi - lo, 1.0)
+  return jnp.where(hi > lo, jnp.floor(scaled + 1e-3), image)
 
 
 def _equalize(image, level, sign):
