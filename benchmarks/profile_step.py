@@ -67,6 +67,7 @@ def main(argv=None) -> int:
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--remat', action='store_true')
   parser.add_argument('--attn-impl', default=None)
+  parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--top', type=int, default=25)
   parser.add_argument('--trace-dir', default=None)

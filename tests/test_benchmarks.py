@@ -2,7 +2,10 @@
 measured by running the scripts, see benchmarks/RESULTS.md)."""
 import json
 
+import pytest
+
 from benchmarks import input_pipeline, train_step
+from vision_models.errors import ConfigError
 
 
 def test_time_steps_interleaves_the_implementations():
@@ -18,6 +21,14 @@ def test_train_step_prints_one_json_line(capsys):
   assert line['impl'] == 'vision_models'
   assert line['params'] == 5_717_416 - 192 * (197 - 5)  # ViT-Ti/16 with 4 patches (at 32 px) instead of 196
   assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0
+
+
+def test_train_step_builds_the_named_channel_mixer(capsys):
+  args = ['--model', 'vit_ti16', '--resolution', '32', '--steps', '1', '--warmup', '1']
+  assert train_step.main(args + ['--mlp', 'mlp_tanh']) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['mlp'] == 'mlp_tanh'
+  with pytest.raises(ConfigError, match='no_such_mlp'):  # the name reaches the model
+    train_step.main(args + ['--mlp', 'no_such_mlp'])
 
 
 def test_train_step_times_the_augmenting_step(capsys):
