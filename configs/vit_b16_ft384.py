@@ -12,7 +12,8 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet(dict(name='vit_b16', pool='token', posemb='learn', dropout=0.0, drop_path=0.0, attn_impl='auto'),
+  c = common.imagenet(dict(name='vit_b16', pool='token', posemb='learn', dropout=0.0, drop_path=0.0, attn_impl='auto',
+                           mlp='mlp_tanh'),  # as the configs/vit_b16.py run it starts from
                       batch_size=512, epochs=20_000 * 512 / common.IMAGENET_TRAIN, image_size=384,
                       train=common.pp_train(384, crop='inception_crop', norm='value_range(-1, 1)'),
                       eval='decode|resize(384)|value_range(-1, 1)|keep("image", "label")')

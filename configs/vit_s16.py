@@ -12,7 +12,7 @@ from configs import common
 def get_config(arg=None):
   epochs = {None: 90, '': 90, '90ep': 90, '150ep': 150, '300ep': 300}[arg]
   c = common.imagenet(dict(name='vit_s16', pool='gap', posemb='sincos2d', fc_norm=False, dropout=0.0, drop_path=0.0,
-                           attn_impl='auto'),
+                           attn_impl='auto', mlp='mlp_tanh'),  # big_vision's MLP: flax's tanh GELU
                       batch_size=1024, epochs=epochs,
                       train=common.pp_train(224, crop='inception_crop', randaug=common.big_vision_randaug(2, 10),
                                             norm='value_range(-1, 1)'),
