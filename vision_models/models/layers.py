@@ -123,16 +123,16 @@ class Attention(nn.Module):
     # xavier_uniform of the [embed, embed] matrices the split kernels come from (the vision_transformer init).
     qkv_init = self.qkv_init or nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=0,
                                                                  out_axis=(1, 2))
-    kernels_, biases = [], []
+    qkv_kernels, qkv_biases = [], []
     for name in ('query', 'key', 'value'):  # in this order: each parameter's init key depends on it
-      kernels_.append(param(f'{name}_kernel', (dim, self.num_heads, head_dim), ('embed', 'heads', 'kv'), qkv_init))
+      qkv_kernels.append(param(f'{name}_kernel', (dim, self.num_heads, head_dim), ('embed', 'heads', 'kv'), qkv_init))
       if self.qkv_bias:
-        biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
+        qkv_biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
     # One matmul for the three projections (faster on the GPU, benchmarks/RESULTS.md); the parameters stay separate,
     # as in the checkpoints.
-    qkv = jnp.einsum('...d,dthk->...thk', x, jnp.stack(kernels_, axis=1))
+    qkv = jnp.einsum('...d,dthk->...thk', x, jnp.stack(qkv_kernels, axis=1))
     if self.qkv_bias:
-      qkv = qkv + jnp.stack(biases)
+      qkv = qkv + jnp.stack(qkv_biases)
     q, k, v = (qkv[..., i, :, :] for i in range(3))
     if self.qk_norm:
       q, k = qk_norm(self.qk_norm, self.dtype, 'q_norm')(q), qk_norm(self.qk_norm, self.dtype, 'k_norm')(k)
