@@ -2,10 +2,11 @@
 
   python -m benchmarks.profile_step --model vit_b16 --batch 256 --dtype bfloat16 --attn-impl pallas [--steps 5]
 
-Takes the same model flags as `benchmarks.train_step`. Prints one JSON line per op category (XLA's `hlo_category`
-where the trace has it: matrix products, fusions, custom calls such as the Pallas kernels), per op kind (the name
-without its number) and per op name for the `--top` most expensive ones, each with its share of the traced device time; keeps the trace in `--trace-dir`
-(viewable in TensorBoard / XProf). On the CPU the XLA ops run on host threads and are summed the same way.
+Takes the same model flags as `benchmarks.train_step`. Prints one JSON line per op category (XLA's `hlo_category` where
+the trace has it: matrix products, fusions, custom calls such as the Pallas kernels), per op kind (the name without its
+number) and per op name for the `--top` most expensive ones, each with its share of the traced device time; keeps the
+trace in `--trace-dir` (viewable in TensorBoard / XProf). On the CPU the XLA ops run on host threads and are summed
+the same way.
 """
 import argparse
 import collections
@@ -24,7 +25,8 @@ SKIPPED_LINES = ('XLA Modules', 'Steps', 'python', 'XLA TraceMe', 'Source code',
 
 
 def op_events(path: str):
-  """(name, category, source, seconds) of every XLA op event on the device planes (or the CPU's XLA threads) of a trace."""
+  """(name, category, source, seconds) of every XLA op event on the device planes (or the CPU's XLA threads) of a
+  trace."""
   data = ProfileData.from_file(path)
   planes = [p for p in data.planes if p.name.startswith('/device:')]
   on_host = not planes  # the CPU backend: XLA ops are events tagged with `hlo_op` among the host's thread events

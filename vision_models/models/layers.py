@@ -58,7 +58,8 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
 
 
 class Mlp(nn.Module):
-  """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column/row split)."""
+  """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column / row
+  split)."""
   hidden_dim: int
   out_dim: int | None = None
   act: Callable[[jax.Array], jax.Array] = gelu

@@ -5,7 +5,8 @@ A host core decodes and crops about 2.4x more images per second than it can also
 (benchmarks/RESULTS.md), so moving the per-pixel work here is what lets a few host cores feed a GPU; uint8 batches
 are also a quarter of the float32 bytes to transfer. The ops have the semantics of the host ops of the same name
 (`data/augment.py`, `data/preprocess.py`, timm's), op by op to the rounding; only the random draws differ (JAX's
-keys instead of TF's stateless seeds). Every op maps a batch `[B, H, W, C]` and a key to a batch, drawing per example. TF-free.
+keys instead of TF's stateless seeds). Every op maps a batch `[B, H, W, C]` and a key to a batch, drawing per
+example. TF-free.
 """
 import math
 from typing import Callable
