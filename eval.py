@@ -14,6 +14,7 @@ DIR/samples.png, DIR/eval.json (with the accuracy of a classifier on the samples
 from absl import app, flags
 
 from vision_models import cli
+from vision_models.training import host_memory
 
 CONFIG, WORKDIR = cli.define_common_flags()
 RESOLUTION = flags.DEFINE_integer('resolution', None, 'Evaluate at this image size (default: the config\'s).')
@@ -23,6 +24,7 @@ CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'An exported or converted m
 @cli.clean_errors
 def main(argv):
   del argv
+  host_memory.reuse_freed_memory()  # before JAX's backend starts
   cli.init_distributed()
   from vision_models.training import evaluation, trainer
   config = cli.config_or_exit(CONFIG)
