@@ -1,4 +1,4 @@
-"""FLOPs per step from XLA's cost analysis and the MFU figure the trainer logs."""
+"""FLOPs per step from XLA's cost analysis, the MFU figure the trainer logs, and the host memory setting of CPU runs."""
 import os
 import subprocess
 import sys
