@@ -19,8 +19,8 @@ def _accelerator_expected() -> bool:
   better served by glibc's per-thread arenas."""
   if jax.config.jax_platforms:
     return jax.config.jax_platforms.split(',')[0] != 'cpu'
-  return (any(True for _ in importlib.metadata.entry_points(group='jax_plugins'))
-          or importlib.util.find_spec('jax_plugins') is not None or importlib.util.find_spec('libtpu') is not None)
+  plugins = importlib.metadata.entry_points(group='jax_plugins')
+  return bool(plugins) or any(importlib.util.find_spec(name) for name in ('jax_plugins', 'libtpu'))
 
 
 def reuse_freed_memory() -> bool:
