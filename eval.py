@@ -13,8 +13,7 @@ DIR/samples.png, DIR/eval.json (with the accuracy of a classifier on the samples
 """
 from absl import app, flags
 
-from vision_models import cli
-from vision_models.training import host_memory
+from vision_models import cli, host_memory
 
 CONFIG, WORKDIR = cli.define_common_flags()
 RESOLUTION = flags.DEFINE_integer('resolution', None, 'Evaluate at this image size (default: the config\'s).')
@@ -24,7 +23,7 @@ CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'An exported or converted m
 @cli.clean_errors
 def main(argv):
   del argv
-  host_memory.reuse_freed_memory()  # before JAX's backend starts
+  host_memory.reuse_freed_memory()  # before anything starts a thread: nothing above imports numpy or JAX
   cli.init_distributed()
   from vision_models.training import evaluation, trainer
   config = cli.config_or_exit(CONFIG)

@@ -4,8 +4,7 @@ Running the same command again resumes from DIR's latest checkpoint.
 """
 from absl import app
 
-from vision_models import cli
-from vision_models.training import host_memory
+from vision_models import cli, host_memory
 
 CONFIG, WORKDIR = cli.define_common_flags()
 
@@ -13,7 +12,7 @@ CONFIG, WORKDIR = cli.define_common_flags()
 @cli.clean_errors
 def main(argv):
   del argv
-  host_memory.reuse_freed_memory()  # before JAX's backend starts
+  host_memory.reuse_freed_memory()  # before anything starts a thread: nothing above imports numpy or JAX
   cli.init_distributed()
   from vision_models.training import trainer
   config = cli.config_or_exit(CONFIG)

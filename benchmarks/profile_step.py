@@ -8,7 +8,12 @@ number) and per op name for the `--top` most expensive ones, each with its share
 trace in `--trace-dir` (viewable in TensorBoard / XProf). On the CPU the XLA ops run on host threads and are summed
 the same way.
 """
-import argparse
+from vision_models import host_memory
+
+if __name__ == '__main__':
+  host_memory.reuse_freed_memory()  # as train.py does, before numpy, JAX or torch start threads
+
+import argparse  # noqa: E402
 import collections
 import glob
 import json
@@ -20,7 +25,6 @@ import jax
 from jax.profiler import ProfileData
 
 from benchmarks import train_step
-from vision_models.training import host_memory
 
 SKIPPED_LINES = ('XLA Modules', 'Steps', 'python', 'XLA TraceMe', 'Source code', 'Framework')
 
@@ -75,7 +79,6 @@ def main(argv=None) -> int:
   parser.add_argument('--top', type=int, default=25)
   parser.add_argument('--trace-dir', default=None)
   args = parser.parse_args(argv)
-  host_memory.reuse_freed_memory()  # as train.py does, before JAX's backend starts
   info, run = train_step.ours(args)
   for _ in range(2):  # compile and warm up outside the trace
     run()

@@ -11,7 +11,12 @@ step fed uint8 images that it augments itself, and prints what the augmentation 
 With --against-timm the two steps are timed alternately (ours, timm, ours, ...), so a change in the machine's load
 during the run weighs on both sides of the ratio alike.
 """
-import argparse
+from vision_models import host_memory
+
+if __name__ == '__main__':
+  host_memory.reuse_freed_memory()  # as train.py does, before numpy, JAX or torch start threads
+
+import argparse  # noqa: E402
 import json
 import statistics
 import sys
@@ -24,7 +29,7 @@ import numpy as np
 import optax
 
 from vision_models import models, parallel
-from vision_models.training import device_preprocess, host_memory, perf, state as state_lib, steps
+from vision_models.training import device_preprocess, perf, state as state_lib, steps
 
 TIMM_NAMES = {
     'vit_ti16': 'vit_tiny_patch16_224', 'vit_s16': 'vit_small_patch16_224', 'vit_b16': 'vit_base_patch16_224',
@@ -143,7 +148,6 @@ def main(argv=None) -> int:
   parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
   parser.add_argument('--pp-device', default=None, help='also time the step augmenting uint8 images with this spec')
   args = parser.parse_args(argv)
-  host_memory.reuse_freed_memory()  # as train.py does, before JAX's backend starts
   if args.against_timm and args.model not in TIMM_NAMES:
     parser.error(f'no timm counterpart for {args.model}; known: {", ".join(sorted(TIMM_NAMES))}')
   sides = [ours(args)] + ([ours(args, args.pp_device)] if args.pp_device else [])
