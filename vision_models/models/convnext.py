@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.registry import register
 
 EPS = 1e-6
@@ -149,9 +149,9 @@ class ConvNeXt(nn.Module):
     names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, total) for i in range(total)]
     mixers.check_options(names, self.mixer_options)
     p = self.patch_size
-    x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='stem_conv',
-                kernel_init=layers.with_axes(conv_init, (None, None, 'conv_in', 'embed')),
-                bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
+    x = patch_conv.Conv(self.dims[0], (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='stem_conv',
+                        kernel_init=layers.with_axes(conv_init, (None, None, 'conv_in', 'embed')),
+                        bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
     x = layers.layer_norm(EPS, dtype=self.dtype, name='stem_norm')(x)
 
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
@@ -159,9 +159,10 @@ class ConvNeXt(nn.Module):
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
         x = layers.layer_norm(EPS, dtype=self.dtype, name=f'stages_{i}_downsample_norm')(x)
-        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype, name=f'stages_{i}_downsample_conv',
-                    kernel_init=layers.with_axes(conv_init, (None, None, 'conv_in', 'embed')),
-                    bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(x)
+        x = patch_conv.Conv(dim, (2, 2), strides=(2, 2), padding='VALID', dtype=self.dtype,
+                            name=f'stages_{i}_downsample_conv',
+                            kernel_init=layers.with_axes(conv_init, (None, None, 'conv_in', 'embed')),
+                            bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(x)
       for j in range(depth):
         rate = self.drop_path * index / max(total - 1, 1)  # torch.linspace(0, drop_path, total), as timm.
         x = block(self.kernel_size, self.layer_scale, self.grn, rate, self.depthwise_impl, self.dtype, names[index],

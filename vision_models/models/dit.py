@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.mixer_ops import SwiGLU  # noqa: F401  (its home was here)
 from vision_models.models.registry import register
 
@@ -156,11 +156,11 @@ class DiT(nn.Module):
       raise ConfigError(f'DiT built for {self.input_size}x{self.input_size}x{self.in_channels} inputs (patch {p}) '
                         f'got {x.shape[1:]}; set input_size / in_channels to the data')
     # Patch embedding initialised like a Linear on the flattened patch (xavier over p·p·C → hidden).
-    x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='x_embedder',
-                kernel_init=layers.with_axes(
-                    nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=3),
-                    (None, None, 'conv_in', 'embed')),
-                bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(x)
+    x = patch_conv.Conv(d, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='x_embedder',
+                        kernel_init=layers.with_axes(
+                            nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=3),
+                            (None, None, 'conv_in', 'embed')),
+                        bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(x)
     batch, gh, gw, _ = x.shape
     pos = self.variable('constants', 'pos_embed', layers.with_axes(
         lambda *_: jnp.asarray(sincos_2d(gh, d))[None], (None, None, 'embed')), None, (1, gh * gw, d)).value

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.metaformer import Mlp, init, per_stage
 from vision_models.models.registry import register
 
@@ -88,9 +88,9 @@ class InceptionNeXt(nn.Module):
   dtype: Any = None
 
   def conv(self, features: int, size: int, name: str) -> nn.Conv:
-    return nn.Conv(features, (size, size), strides=(size, size), padding='VALID', dtype=self.dtype, name=name,
-                   kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'embed')),
-                   bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))
+    return patch_conv.Conv(features, (size, size), strides=(size, size), padding='VALID', dtype=self.dtype, name=name,
+                           kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'embed')),
+                           bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.registry import register
 
 VARIANTS = {  # stem width, widths, depths (timm maxxvit.py `maxvit_*_tf`; google-research/maxvit hp/vision.py)
@@ -38,9 +38,10 @@ def conv(features: int, kernel: int = 1, stride: int = 1, use_bias: bool = True,
          name: str | None = None) -> nn.Conv:
   """Conv with TF 'SAME' padding and EfficientNet's init normal(0, sqrt(2 / fan_out)) (timm's `_init_conv`)."""
   init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME', use_bias=use_bias, dtype=dtype,
-                 name=name, kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'conv_out')),
-                 bias_init=layers.with_axes(nn.initializers.zeros, ('conv_out',)))
+  return patch_conv.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME', use_bias=use_bias,
+                         dtype=dtype, name=name,
+                         kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'conv_out')),
+                         bias_init=layers.with_axes(nn.initializers.zeros, ('conv_out',)))
 
 
 def batch_norm(train: bool, dtype: Any = None, name: str | None = None) -> nn.BatchNorm:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from vision_models import kernels
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixer_ops, mixers
+from vision_models.models import layers, mixer_ops, mixers, patch_conv
 from vision_models.models.registry import register
 
 init = layers.trunc_normal(0.02)  # timm's init of every conv and linear weight (biases zero).
@@ -198,9 +198,10 @@ class MetaFormer(nn.Module):
         raise ConfigError(f'MetaFormer {field} {value!r} is not one of {", ".join(allowed)}')
 
   def conv(self, features: int, kernel: int, stride: int, pad: int, name: str) -> nn.Conv:
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   dtype=self.dtype, name=name, kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'embed')),
-                   bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))
+    return patch_conv.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                           dtype=self.dtype, name=name,
+                           kernel_init=layers.with_axes(init, (None, None, 'conv_in', 'embed')),
+                           bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_models.models import layers
+from vision_models.models import layers, patch_conv
 from vision_models.models.registry import register
 
 VARIANTS = {  # width, depth, tokens_mlp_dim, channels_mlp_dim (big_vision models/mlp_mixer.py)
@@ -57,9 +57,9 @@ class Mixer(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='stem',
-                kernel_init=layers.with_axes(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'embed')),
-                bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
+    x = patch_conv.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='stem',
+                        kernel_init=layers.with_axes(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'embed')),
+                        bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
     batch, h, w, _ = x.shape
     x = layers.constrain(x.reshape(batch, h * w, self.width), ('batch', 'length', 'act_embed'))
     block = nn.remat(MixerBlock, static_argnums=(2,)) if self.remat else MixerBlock

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_models.errors import ConfigError
-from vision_models.models import layers, mixers
+from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.mixers import parallel_from_sequential  # noqa: F401  (ViT's checkpoint mapping)
 from vision_models.models.registry import register
 
@@ -113,9 +113,9 @@ class ViT(nn.Module):
     if self.pool not in ('token', 'gap'):
       raise ValueError(f"ViT pool must be 'token' or 'gap', got {self.pool!r}")
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='patch_embed',
-                kernel_init=layers.with_axes(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'embed')),
-                bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
+    x = patch_conv.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, name='patch_embed',
+                        kernel_init=layers.with_axes(nn.initializers.lecun_normal(), (None, None, 'conv_in', 'embed')),
+                        bias_init=layers.with_axes(nn.initializers.zeros, ('embed',)))(images)
     batch, h, w, _ = x.shape
     x = x.reshape(batch, h * w, self.width)
 
