@@ -15,16 +15,6 @@ import jax
 from jax import lax
 
 
-def _as_pairs(padding: Any, kernel: Sequence[int], strides: Sequence[int], spatial: Sequence[int]) -> list | None:
-  """Explicit (low, high) padding per spatial axis, or None for a padding string other than SAME / VALID."""
-  if padding == 'VALID':
-    return [(0, 0)] * len(kernel)
-  if padding == 'SAME':
-    totals = [max((-(-n // s) - 1) * s + k - n, 0) for n, k, s in zip(spatial, kernel, strides)]
-    return [(t // 2, t - t // 2) for t in totals]
-  return None if isinstance(padding, str) else [tuple(p) for p in padding]
-
-
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
@@ -39,7 +29,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
            and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
            and tuple(kernel) == tuple(window_strides)
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
-  if not plain or _as_pairs(padding, kernel, window_strides, lhs.shape[1:3]) != [(0, 0)] * 2:
+  if not plain:
+    return conv()
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
+  if tuple(tuple(p) for p in padding) != ((0, 0), (0, 0)):
     return conv()
   (p, q), (b, h, w, c) = kernel, lhs.shape
   x = lhs[:, :h // p * p, :w // q * q]  # VALID drops the rows and columns no patch covers
