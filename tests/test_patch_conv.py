@@ -66,3 +66,10 @@ def test_conv_module_keeps_nn_conv_parameters_and_outputs():
   ours = patch_conv.Conv(**kwargs)
   chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.key(0), x), params)
   chex.assert_trees_all_close(ours.apply(params, x), nn.Conv(**kwargs).apply(params, x), atol=1e-5, rtol=1e-5)
+
+
+def test_one_dimensional_conv_goes_to_lax():
+  x, w = jnp.ones((2, 12, 3)), jnp.ones((4, 3, 5))
+  numbers = lax.conv_dimension_numbers(x.shape, w.shape, ('NWC', 'WIO', 'NWC'))
+  ours = patch_conv.conv_general_dilated(x, w, (4,), 'VALID', dimension_numbers=numbers)
+  chex.assert_trees_all_close(ours, lax.conv_general_dilated(x, w, (4,), 'VALID', dimension_numbers=numbers))

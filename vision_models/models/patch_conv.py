@@ -24,12 +24,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   conv = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                            dimension_numbers, feature_group_count, batch_group_count, precision,
                            preferred_element_type)
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
   plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
            and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-           and tuple(kernel) == tuple(window_strides)
-           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
-  if not plain:
+           and tuple(kernel) == tuple(window_strides))
+  nhwc = ('NHWC', 'HWIO', 'NHWC')
+  if not plain or (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                   != lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)):
     return conv()
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
