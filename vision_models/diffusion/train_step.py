@@ -14,6 +14,7 @@ from vision_models import parallel
 from vision_models.diffusion import flow
 from vision_models.diffusion.gaussian import GaussianDiffusion, uniform_timesteps
 from vision_models.training import steps
+from vision_models.training.state import jit_init
 
 Metrics = dict[str, jax.Array]
 
@@ -62,7 +63,7 @@ def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: t
 def create(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], rng: jax.Array,
            state_shardings: DiffusionState) -> DiffusionState:
   """Initialises the state inside a jit whose outputs are already laid out over the mesh."""
-  return jax.jit(functools.partial(_init_state, model, tx, input_shape), out_shardings=state_shardings)(rng)
+  return jit_init(functools.partial(_init_state, model, tx, input_shape), state_shardings)(rng)
 
 
 def abstract(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],

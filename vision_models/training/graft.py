@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from vision_models.errors import ConfigError
 from vision_models.models import resize
+from vision_models.training.state import jit_init
 
 BLOCK = re.compile(r'blocks_\d+')
 
@@ -72,7 +73,7 @@ def _flat(variables: Any) -> dict[str, Any]:
 
 def _init(module: nn.Module, sample_inputs: tuple, rng: jax.Array, apply_kwargs: dict) -> dict[str, Any]:
   rngs = {'params': rng, 'dropout': rng}
-  return nn.unbox(jax.jit(lambda r: module.init(r, *sample_inputs, **apply_kwargs))(rngs))
+  return nn.unbox(jit_init(lambda r: module.init(r, *sample_inputs, **apply_kwargs))(rngs))
 
 
 def block_outputs(module: nn.Module, variables: Any, sample_inputs: tuple, apply_kwargs: dict) -> dict[str, Any]:

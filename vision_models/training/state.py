@@ -46,12 +46,20 @@ def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: t
   return TrainState(replicated, params_sharding, opt_shardings, var_shardings)
 
 
+def jit_init(init: Any, out_shardings: Any = None) -> Any:
+  """`jax.jit` for a function run once, an initialisation. On the CPU it compiles at LLVM -O1 instead of -O3: every
+  parameter's initialiser is its own threefry loop, and -O1 halves their compile time (maxvit_t 108 → 53 s, vit_s16
+  22 → 9 s) with bitwise the same values and the same run time."""
+  options = {'xla_backend_optimization_level': 1} if jax.default_backend() == 'cpu' else None
+  shardings = {} if out_shardings is None else {'out_shardings': out_shardings}
+  return jax.jit(init, compiler_options=options, **shardings)
+
+
 def create(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], rng: jax.Array,
            state_shardings: TrainState) -> TrainState:
   """Initialises a TrainState inside a jit whose `out_shardings` are the target layout, so each device only ever
   holds its own shard. `input_shape` is one example's shape (H, W, C)."""
-  init = functools.partial(_init_state, model, tx, input_shape)
-  return jax.jit(init, out_shardings=state_shardings)(rng)
+  return jit_init(functools.partial(_init_state, model, tx, input_shape), state_shardings)(rng)
 
 
 def abstract(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
