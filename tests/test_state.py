@@ -1,4 +1,4 @@
-"""`state.jit_init`: the initialisation compiled for a short compile gives bitwise a plain `jax.jit`'s values."""
+"""`state.jit_init` (a faster compile on the CPU) gives bitwise the values of a plain `jax.jit`."""
 import chex
 import jax
 import jax.numpy as jnp
