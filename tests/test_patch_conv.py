@@ -1,4 +1,5 @@
-"""`patch_conv`: pointwise and patch convolutions as matrix products, equal to `lax` in values and gradients."""
+"""`patch_conv`: pointwise and patch convolutions as matrix products, and other stride-1 convolutions with their
+kernel gradient as one product, equal to `lax` in values and gradients."""
 import chex
 import flax.linen as nn
 import jax
@@ -73,3 +74,27 @@ def test_one_dimensional_conv_goes_to_lax():
   numbers = lax.conv_dimension_numbers(x.shape, w.shape, ('NWC', 'WIO', 'NWC'))
   ours = patch_conv.conv_general_dilated(x, w, (4,), 'VALID', dimension_numbers=numbers)
   chex.assert_trees_all_close(ours, lax.conv_general_dilated(x, w, (4,), 'VALID', dimension_numbers=numbers))
+
+
+def conv_count(fn, *args) -> int:
+  """Convolutions in the jaxpr of the gradient (forward, input gradient and, for `lax`, kernel gradient)."""
+  return str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).sum(), (0, 1)))(*args)).count('conv_general_dilated')
+
+
+@pytest.mark.parametrize('x_shape,kernel_hw,padding', [
+    ((2, 9, 7, 4), (3, 3), 'SAME'),                     # MaxViT's stem conv
+    ((2, 9, 7, 4), (5, 3), ((2, 1), (0, 2))),           # rectangular kernel, uneven padding
+    ((1, 6, 6, 2), (2, 2), 'VALID'),                    # no padding, even kernel
+])
+def test_stride_one_kernel_gradient_is_a_product(x_shape, kernel_hw, padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*kernel_hw, x_shape[-1], 5)), jnp.float32)
+  def make(conv):
+    return lambda x, w: conv(x, w, (1, 1), padding, dimension_numbers=lax.conv_dimension_numbers(
+        x.shape, w.shape, NHWC), precision=lax.Precision.HIGHEST)
+  ref, ours = make(lax.conv_general_dilated), make(patch_conv.conv_general_dilated)
+  chex.assert_trees_all_close(ours(x, w), ref(x, w), atol=1e-5, rtol=1e-5)
+  loss = lambda fn: jax.grad(lambda *a: jnp.sin(fn(*a)).sum(), (0, 1))(x, w)
+  chex.assert_trees_all_close(loss(ours), loss(ref), atol=1e-4, rtol=1e-5)
+  assert (conv_count(ours, x, w), conv_count(ref, x, w)) == (2, 3)  # the kernel gradient is the product

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models import kernels
-from vision_models.models import shift_conv
+from vision_models.models import cpu_dot, shift_conv
 
 Dtype = Any
 Init = Callable[..., jax.Array]
@@ -35,7 +35,7 @@ def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'),
           kernel_init: Init = nn.initializers.xavier_uniform(), bias_init: Init = nn.initializers.zeros,
           dtype: Dtype | None = None, name: str | None = None) -> nn.Dense:
   """`nn.Dense` whose kernel and bias carry logical axes `(in_axis, out_axis)`."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=cpu_dot.dot_general,
                   kernel_init=with_axes(kernel_init, axes), bias_init=with_axes(bias_init, axes[-1:]))
 
 
@@ -131,7 +131,7 @@ class Attention(nn.Module):
         qkv_biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
     # One matmul for the three projections (faster on the GPU, benchmarks/RESULTS.md); the parameters stay separate,
     # as in the checkpoints.
-    qkv = jnp.einsum('...d,dthk->...thk', x, jnp.stack(qkv_kernels, axis=1))
+    qkv = jnp.einsum('...d,dthk->...thk', x, jnp.stack(qkv_kernels, axis=1), _dot_general=cpu_dot.dot_general)
     if self.qkv_bias:
       qkv = qkv + jnp.stack(qkv_biases)
     q, k, v = (qkv[..., i, :, :] for i in range(3))
@@ -141,7 +141,8 @@ class Attention(nn.Module):
     out = constrain(out, ('batch', 'length', 'act_heads', None))
     w_out = param('out_kernel', (self.num_heads, head_dim, dim), ('heads', 'kv', 'embed'),
                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1), out_axis=2))
-    out = jnp.einsum('...hk,hkd->...d', out, w_out) + param('out_bias', (dim,), ('embed',), nn.initializers.zeros)
+    out = jnp.einsum('...hk,hkd->...d', out, w_out, _dot_general=cpu_dot.dot_general)
+    out = out + param('out_bias', (dim,), ('embed',), nn.initializers.zeros)
     return nn.Dropout(self.dropout, deterministic=not train)(out)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
