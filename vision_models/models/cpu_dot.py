@@ -44,4 +44,5 @@ def _backward(dimension_numbers, precision, preferred_element_type, residuals, g
   return (jax.linear_transpose(lambda lhs: dot(lhs, rhs), lhs)(grad)[0],
           jax.linear_transpose(lambda rhs: dot(lhs, rhs), rhs)(grad)[0])
 
+
 _dot_with_materialised_grad.defvjp(_forward, _backward)
