@@ -81,6 +81,7 @@ def conv_count(fn, *args) -> int:
   return str(jax.make_jaxpr(jax.grad(lambda *a: fn(*a).sum(), (0, 1)))(*args)).count('conv_general_dilated')
 
 
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the product is for XLA:CPU only')
 @pytest.mark.parametrize('x_shape,kernel_hw,padding', [
     ((2, 9, 7, 4), (3, 3), 'SAME'),                     # MaxViT's stem conv
     ((2, 9, 7, 4), (5, 3), ((2, 1), (0, 2))),           # rectangular kernel, uneven padding
