@@ -3,7 +3,9 @@
 XLA:CPU allocates a step's temporaries as one buffer per call (1 GB for ViT-S/16 at batch 8) from one of its worker
 threads. glibc serves such a block with `mmap` and returns it with `munmap`, so every step the kernel faults in and
 zero-fills about 265,000 fresh pages: 0.3-0.5 s of system time on a 4 s step on two cores. With one malloc arena, no
-`mmap` and a high trim threshold, the block comes from the heap and stays there for the next step.
+`mmap` and trimming off, the block comes from the heap and stays there for the next step. Trimming must be off, not
+merely high: the largest threshold `mallopt` takes is 2 GB, and MaxViT-T's 4.5 GB of temporaries at batch 8 went back
+to the kernel after every step under it (1.1 million faults, 5 s of system time per step).
 
 The setting must come before any other thread starts (numpy's BLAS pool starts one on import): a thread that has
 allocated keeps its own arena, later threads may be handed it, and an arena other than the main one serves blocks over
@@ -57,4 +59,4 @@ def reuse_freed_memory() -> bool:
         'Call it before importing numpy, JAX or torch.', arenas)
     return False
   return all(libc.mallopt(param, value) == 1 for param, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))  # -1: never trim (mallopt(3))
