@@ -32,8 +32,8 @@ def test_unknown_depthwise_impl():
 
 @pytest.mark.parametrize('shape,kernel_size,stride,padding', [
     ((2, 9, 8, 5), 3, 2, 'SAME'),  # MaxViT's strided 3×3: per-tap kernel gradient
-    ((2, 12, 11, 6), 7, 1, 'SAME'),  # ConvNeXt's 7×7: row-wise matrix-product kernel gradient
-    ((2, 13, 13, 3), 7, 2, 'SAME'),
+    ((2, 12, 11, 6), 7, 1, 'SAME'),  # ConvNeXt's 7×7: kernel gradient through the FFT
+    ((2, 13, 13, 3), 7, 2, 'SAME'),  # strided: per-tap
     ((1, 9, 10, 2), 5, 1, ((1, 0), (2, 3))),
 ])
 def test_shift_values_and_gradients_match_grouped_conv(shape, kernel_size, stride, padding):
@@ -48,3 +48,11 @@ def test_shift_values_and_gradients_match_grouped_conv(shape, kernel_size, strid
   np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-4)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel_size,stride,through_fft', [(7, 1, True), (5, 1, True), (3, 1, False), (7, 2, False)])
+def test_shift_kernel_gradient_path(kernel_size, stride, through_fft):
+  # Wide stride-1 kernels take the FFT correlation; narrow or strided ones the per-tap reductions.
+  x, kernel = jnp.ones((1, 16, 16, 4)), jnp.ones((kernel_size, kernel_size, 1, 4))
+  grad = jax.grad(lambda k: layers.depthwise_conv(x, k, (stride, stride), 'SAME', 'shift').sum())
+  assert ('fft' in str(jax.make_jaxpr(grad)(kernel))) == through_fft
