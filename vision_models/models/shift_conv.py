@@ -79,7 +79,7 @@ def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides
 
 def _backward(strides, padding, residuals, dy):
   x, kernel = residuals
-  xp = _pad(x, padding)
+  xp = lax.optimization_barrier(_pad(x, padding))  # as in the forward: x's producer computed once, not per tap
   (kh, kw), (sh, sw), (hp, wp) = kernel.shape[:2], strides, xp.shape[1:3]
   oh, ow = dy.shape[1:3]
   # The input gradient is a full correlation of the stride-dilated dy with the flipped kernel.
