@@ -35,6 +35,7 @@ def test_unknown_depthwise_impl():
     ((2, 12, 11, 6), 7, 1, 'SAME'),  # ConvNeXt's 7×7: kernel gradient through the FFT
     ((2, 13, 13, 3), 7, 2, 'SAME'),  # strided: per-tap
     ((1, 9, 10, 2), 5, 1, ((1, 0), (2, 3))),
+    ((2, 2, 3, 4), 7, 1, 'SAME'),  # a map smaller than the kernel: taps that see only padding
 ])
 def test_shift_values_and_gradients_match_grouped_conv(shape, kernel_size, stride, padding):
   x = jax.random.normal(jax.random.key(0), shape)
@@ -48,6 +49,8 @@ def test_shift_values_and_gradients_match_grouped_conv(shape, kernel_size, strid
   np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-4)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # Exactly zero where XLA's is (taps that see only padding): Adam would turn rounding noise into full-size updates.
+  np.testing.assert_array_equal(grads[1] == 0, expected_grads[1] == 0)
 
 
 @pytest.mark.parametrize('kernel_size,stride,through_fft', [(7, 1, True), (5, 1, True), (3, 1, False), (7, 2, False)])

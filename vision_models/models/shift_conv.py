@@ -17,6 +17,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # Kernels with fewer taps keep the per-tap reductions: MaxViT-T's 3×3 kernel gradients through the FFT took 16 against
@@ -64,7 +65,8 @@ def _fft_size(n: int) -> int:
   return next(m for m in range(n, 2 * n) if smooth(m))
 
 
-def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int]) -> jax.Array:
+def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
+                 padding: Sequence[Sequence[int]]) -> jax.Array:
   (kh, kw), (sh, sw), (batch, oh, ow, channels) = kernel_hw, strides, dy.shape
   if (sh, sw) != (1, 1) or kh * kw < FFT_MIN_TAPS:
     return jnp.stack([jnp.stack([jnp.sum(
@@ -74,7 +76,12 @@ def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides
   size = tuple(_fft_size(n) for n in xp.shape[1:3])
   spectrum = lambda a: jnp.fft.rfft2(jnp.transpose(a.astype(jnp.float32), (0, 3, 1, 2)), s=size)  # [B, C, ...]
   correlation = jnp.fft.irfft2(jnp.einsum('bcuv,bcuv->cuv', spectrum(xp), jnp.conj(spectrum(dy))), s=size)
-  return jnp.transpose(correlation[:, :kh, :kw], (1, 2, 0))
+  # A tap whose window lies wholly in the padding (a map smaller than the kernel) has an exact zero gradient; the FFT
+  # leaves rounding noise there, which Adam would turn into full-size updates.
+  sees_data = [[i + out > before and i < padded - after for i in range(k)]
+               for k, out, padded, (before, after) in zip((kh, kw), (oh, ow), xp.shape[1:3], padding)]
+  mask = np.outer(*sees_data)
+  return jnp.where(mask[:, :, None], jnp.transpose(correlation[:, :kh, :kw], (1, 2, 0)), 0.0)
 
 
 def _backward(strides, padding, residuals, dy):
@@ -87,7 +94,7 @@ def _backward(strides, padding, residuals, dy):
                                                   (kw - 1, wp - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
   dxp = _shifted_sum(dilated, kernel[::-1, ::-1], (1, 1), (hp, wp))
   dx = _pad(dxp, tuple((-a, -b) for a, b in padding))
-  return dx, _kernel_grad(xp, dy, (kh, kw), strides).astype(kernel.dtype)
+  return dx, _kernel_grad(xp, dy, (kh, kw), strides, padding).astype(kernel.dtype)
 
 
 shift_depthwise_conv.defvjp(_forward, _backward)
