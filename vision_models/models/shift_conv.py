@@ -67,11 +67,21 @@ def _fft_size(n: int) -> int:
 
 def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
                  padding: Sequence[Sequence[int]]) -> jax.Array:
+  if tuple(strides) == (1, 1) and kernel_hw[0] * kernel_hw[1] >= FFT_MIN_TAPS:
+    return _fft_kernel_grad(xp, dy, kernel_hw, padding)
+  return _per_tap_kernel_grad(xp, dy, kernel_hw, strides)
+
+
+def _per_tap_kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int]) -> jax.Array:
   (kh, kw), (sh, sw), (batch, oh, ow, channels) = kernel_hw, strides, dy.shape
-  if (sh, sw) != (1, 1) or kh * kw < FFT_MIN_TAPS:
-    return jnp.stack([jnp.stack([jnp.sum(
-        lax.slice(xp, (0, i, j, 0), (batch, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, channels), (1, sh, sw, 1))
-        * dy, axis=(0, 1, 2), dtype=jnp.float32) for j in range(kw)]) for i in range(kh)])
+  return jnp.stack([jnp.stack([jnp.sum(
+      lax.slice(xp, (0, i, j, 0), (batch, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, channels), (1, sh, sw, 1))
+      * dy, axis=(0, 1, 2), dtype=jnp.float32) for j in range(kw)]) for i in range(kh)])
+
+
+def _fft_kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int],
+                     padding: Sequence[Sequence[int]]) -> jax.Array:
+  (kh, kw), (oh, ow) = kernel_hw, dy.shape[1:3]
   # Zero-padding both to the transform size keeps the correlation from wrapping: h + i ≤ oh - 1 + kh - 1 < size.
   size = tuple(_fft_size(n) for n in xp.shape[1:3])
   spectrum = lambda a: jnp.fft.rfft2(jnp.transpose(a.astype(jnp.float32), (0, 3, 1, 2)), s=size)  # [B, C, ...]
@@ -80,8 +90,7 @@ def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides
   # leaves rounding noise there, which Adam would turn into full-size updates.
   sees_data = [[i + out > before and i < padded - after for i in range(k)]
                for k, out, padded, (before, after) in zip((kh, kw), (oh, ow), xp.shape[1:3], padding)]
-  mask = np.outer(*sees_data)
-  return jnp.where(mask[:, :, None], jnp.transpose(correlation[:, :kh, :kw], (1, 2, 0)), 0.0)
+  return jnp.where(np.outer(*sees_data)[:, :, None], jnp.transpose(correlation[:, :kh, :kw], (1, 2, 0)), 0.0)
 
 
 def _backward(strides, padding, residuals, dy):
