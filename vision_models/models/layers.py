@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from vision_models import kernels
 from vision_models.models import cpu_dot, shift_conv
@@ -49,7 +50,9 @@ def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bi
 
 def gelu(x: jax.Array) -> jax.Array:
   """Exact (erf) GELU, as PyTorch's nn.GELU() in timm's ViT, Mixer and ConvNeXt; Flax's default is the tanh form."""
-  return nn.gelu(x, approximate=False)
+  # PyTorch's formula. Flax's exact form, x·erfc(-x/√2)/2, keeps its relative accuracy below -4 (this one is within
+  # 1e-6 there, absolute) but evaluates about 2x slower on XLA:CPU: ConvNeXt-T's train step 1.86 -> 1.83 s.
+  return x * (0.5 + 0.5 * lax.erf(x * 2 ** -0.5))
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
