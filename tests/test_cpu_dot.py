@@ -43,7 +43,7 @@ def test_mixed_precision_gradients_keep_the_operand_dtypes():
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the rewrite is for XLA:CPU only')
 def test_the_weight_gradient_reads_the_output_gradient_as_stored():
-  """With JAX's transpose rule XLA:CPU wrote the [4, 5·6·6] transposed output gradient first (3x slower product)."""
+  """JAX's transpose rule made XLA:CPU write the output gradient transposed, [5, 2·6·6] (a 3x slower product)."""
   x = jnp.ones((2, 6, 6, 8))
   grads = lambda dot: jax.grad(lambda w: jnp.sin(dot(x, w, (((3,), (0,)), ((), ())))).sum())
   transposed = re.compile(r'= f32\[5,72\]')  # the output gradient, features major

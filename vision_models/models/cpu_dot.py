@@ -2,12 +2,12 @@
 
 A dense layer's (or a 1×1 conv's) weight gradient contracts the input with the output gradient over all positions.
 JAX's transpose rule writes it as the product of the output gradient with the input followed by a transpose of the
-small result; XLA:CPU folds that transpose into the operands' layouts and then writes the whole output gradient
-transposed before the product, which itself ran at a third of the speed (ConvNeXt-T's first-stage [25088, 384]
-gradient: 42 ms against 15 ms). Before, that transpose was fused into the elementwise pass producing the gradient (a
-BatchNorm's, a GELU's), reading its inputs with a stride of a row per element (MaxViT-T's [100352, 256] BatchNorm
-gradient: 347 ms). Written as `x[n, c]ᵀ · dy[n, f]` over the flattened positions n, the product reads both operands as
-stored: train steps ConvNeXt-T 2.07 → 1.93 s, MaxViT-T 3.46 → 3.18 s, Mixer-B/16 4.40 → 4.19 s, the same values.
+small result; XLA:CPU folds that transpose into the operands' layouts, writes the whole output gradient transposed
+first and the product reading it runs at a third of the speed (ConvNeXt-T's first-stage [25088, 384] gradient: 42
+against 15 ms); where the gradient came out of an elementwise pass (a BatchNorm's, a GELU's), XLA fused the transpose
+into it, reading its inputs with a stride of a row per element (MaxViT-T's [100352, 256] BatchNorm gradient: 347 ms).
+Written as `x[n, c]ᵀ · dy[n, f]` over the flattened positions n, the product reads both operands as stored: train
+steps ConvNeXt-T 2.07 → 1.93 s, MaxViT-T 3.46 → 3.18 s, Mixer-B/16 4.40 → 4.19 s, the same values.
 
 Only the dense form (the lhs contracts its trailing dimensions, the rhs its leading ones, no batch dimensions) is
 rewritten; other forms and other backends get `lax.dot_general` unchanged.
