@@ -18,6 +18,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.fft
 from jax import lax
 
 # Kernels with fewer taps keep the per-tap reductions: MaxViT-T's 3×3 kernel gradients through the FFT took 16 against
@@ -55,16 +56,6 @@ def _forward(x, kernel, strides, padding):
   return shift_depthwise_conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _fft_size(n: int) -> int:
-  """The least size ≥ n with no prime factor over 5: the FFT runs 1.4x faster at 64 than at 62 (= 2·31)."""
-  def smooth(m: int) -> bool:
-    for p in (2, 3, 5):
-      while m % p == 0:
-        m //= p
-    return m == 1
-  return next(m for m in range(n, 2 * n) if smooth(m))
-
-
 def _kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
                  padding: Sequence[Sequence[int]]) -> jax.Array:
   if tuple(strides) == (1, 1) and kernel_hw[0] * kernel_hw[1] >= FFT_MIN_TAPS:
@@ -83,7 +74,7 @@ def _fft_kernel_grad(xp: jax.Array, dy: jax.Array, kernel_hw: Sequence[int],
                      padding: Sequence[Sequence[int]]) -> jax.Array:
   (kh, kw), (oh, ow) = kernel_hw, dy.shape[1:3]
   # Zero-padding both to the transform size keeps the correlation from wrapping: h + i ≤ oh - 1 + kh - 1 < size.
-  size = tuple(_fft_size(n) for n in xp.shape[1:3])
+  size = tuple(scipy.fft.next_fast_len(n, real=True) for n in xp.shape[1:3])  # 62 → 64: 1.4x faster
   spectrum = lambda a: jnp.fft.rfft2(jnp.transpose(a.astype(jnp.float32), (0, 3, 1, 2)), s=size)  # [B, C, ...]
   correlation = jnp.fft.irfft2(jnp.einsum('bcuv,bcuv->cuv', spectrum(xp), jnp.conj(spectrum(dy))), s=size)
   # A tap whose window lies wholly in the padding (a map smaller than the kernel) has an exact zero gradient; the FFT
