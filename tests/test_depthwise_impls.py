@@ -60,5 +60,20 @@ def test_shift_kernel_gradient_path(kernel_size, stride, through_fft):
   grad = jax.grad(lambda k: layers.depthwise_conv(x, k, (stride, stride), 'SAME', 'shift').sum())
   jaxpr = str(jax.make_jaxpr(grad)(kernel))
   assert ('fft' in jaxpr) == through_fft
-  # The padded input is written once in each pass, so XLA does not recompute its producer in every shifted slice.
-  assert jaxpr.count('optimization_barrier') == 2
+  # The padded input is written once in each pass, so XLA does not recompute its producer in every shifted slice; the
+  # forward's sum too, so its consumers do not recompute the taps.
+  assert jaxpr.count('optimization_barrier') == 3
+
+
+def test_shift_taps_summed_once_whatever_the_consumers():
+  # A LayerNorm after the conv reads its output in several fusions (statistics, normalisation, their gradients): each
+  # of the forward and the input gradient's tap sums is computed in one fusion, not once per consumer.
+  x, kernel = jnp.ones((2, 12, 12, 8)), jnp.ones((7, 7, 1, 8))
+
+  def loss(x, kernel):
+    y = layers.depthwise_conv(x, kernel, (1, 1), 'SAME', 'shift')
+    return jnp.sum(jnp.sin(nn.LayerNorm().apply({'params': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)}}, y)))
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+  slices_per_computation = [body.count(' slice(') for body in hlo.split('\n\n')]
+  assert sum(count >= 49 for count in slices_per_computation) == 2
