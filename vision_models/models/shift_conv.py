@@ -50,7 +50,7 @@ def shift_depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, in
   # computes it kh·kw times (maxvit_t's step 6.90 → 6.60 s with the barrier; ConvNeXt's blocks unchanged).
   xp = lax.optimization_barrier(_pad(x, padding))
   # The sum written once too: otherwise XLA fuses the kh·kw taps into each consumer (ConvNeXt's LayerNorm statistics,
-  # its normalisation and their gradients) and computes them three times over (convnext_t's step 1.99 → 1.87 s).
+  # its normalisation and their gradients) and computes them 3-4 times per block (convnext_t's step 1.99 → 1.87 s).
   return lax.optimization_barrier(_shifted_sum(xp, kernel, strides, _out_hw(xp.shape[1:3], kernel.shape[:2], strides)))
 
 
