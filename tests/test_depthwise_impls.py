@@ -72,7 +72,7 @@ def test_shift_taps_summed_once_whatever_the_consumers():
 
   def loss(x, kernel):
     y = layers.depthwise_conv(x, kernel, (1, 1), 'SAME', 'shift')
-    return jnp.sum(jnp.sin(nn.LayerNorm().apply({'params': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)}}, y)))
+    return jnp.sum(jnp.sin(layers.layer_norm().apply({'params': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)}}, y)))
 
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
   slices_per_computation = [body.count(' slice(') for body in hlo.split('\n\n')]

@@ -15,6 +15,7 @@ from jax import lax
 
 from vision_models import kernels
 from vision_models.models import cpu_dot, shift_conv
+from vision_models.models.layer_norm import LayerNorm
 
 Dtype = Any
 Init = Callable[..., jax.Array]
@@ -41,11 +42,11 @@ def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'),
 
 
 def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bias: bool = True,
-               dtype: Dtype | None = None, name: str | None = None) -> nn.LayerNorm:
+               dtype: Dtype | None = None, name: str | None = None) -> LayerNorm:
   """LayerNorm over the last axis with a logically named scale and bias (eps is per family: 1e-6 ViT, 1e-5 MaxViT)."""
-  return nn.LayerNorm(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
-                      scale_init=with_axes(nn.initializers.ones, (axis_name,)),
-                      bias_init=with_axes(nn.initializers.zeros, (axis_name,)))
+  return LayerNorm(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
+                   scale_init=with_axes(nn.initializers.ones, (axis_name,)),
+                   bias_init=with_axes(nn.initializers.zeros, (axis_name,)))
 
 
 def gelu(x: jax.Array) -> jax.Array:
