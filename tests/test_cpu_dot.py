@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from vision_models import parallel
 from vision_models.models import cpu_dot, layers
 
 DENSE = (((2,), (0,)), ((), ()))
@@ -65,3 +66,15 @@ def test_dense_layers_and_einsum_use_it():
   over_positions = 'dot_general[dimension_numbers=(([0], [0]), ([], []))]'  # the 2-D weight gradient
   assert over_positions in str(jax.make_jaxpr(lambda p: loss(dense.apply))(params))
   assert over_positions not in str(jax.make_jaxpr(lambda p: loss(lambda p, x: plain(nn.unbox(p), x)))(params))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the hidden layer is split on the CPU only')
+def test_hidden_chunks_of_at_most_768_units_unless_tensor_parallel():
+  assert [cpu_dot.hidden_chunks(n, 'mlp') for n in (384, 768, 769, 1536, 2048, 3072)] == [1, 1, 2, 2, 3, 4]
+  devices = np.array(jax.devices()[:2])
+  with nn.logical_axis_rules(parallel.DEFAULT_RULES):
+    with jax.set_mesh(jax.sharding.Mesh(devices.reshape(1, 2), ('data', 'tensor'))):  # 'mlp' → tensor, 2 devices
+      assert cpu_dot.hidden_chunks(3072, 'mlp') == 1
+      assert cpu_dot.hidden_chunks(3072, None) == 4
+    with jax.set_mesh(jax.sharding.Mesh(devices.reshape(2, 1), ('data', 'tensor'))):  # data parallel only
+      assert cpu_dot.hidden_chunks(3072, 'mlp') == 4

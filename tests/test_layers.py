@@ -57,3 +57,41 @@ def test_layer_norm_dtypes_and_no_bias():
   assert set(nn.unbox(no_bias.init(jax.random.key(0), x))['params']) == {'scale'}
   chex.assert_trees_all_close(no_bias.apply({'params': {'scale': jnp.ones(32)}}, x),
                               nn.LayerNorm(use_bias=False).apply({'params': {'scale': jnp.ones(32)}}, x), atol=1e-5)
+
+
+class _DenseMlp(nn.Module):
+  """`layers.Mlp` as two `layers.dense` modules: the parameters it must keep, the values it must give."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = layers.gelu(layers.dense(self.hidden, name='fc1')(x))
+    return layers.dense(x.shape[-1], ('mlp', 'embed'), name='fc2')(h)
+
+
+def test_mlp_in_hidden_pieces_keeps_dense_parameters_values_and_gradients():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 10, 48)), jnp.float32)
+  hidden = 1600  # three pieces on the CPU (cpu_dot.hidden_chunks)
+  ours, plain = layers.Mlp(hidden), _DenseMlp(hidden)
+  params = ours.init(jax.random.key(3), x)
+  chex.assert_trees_all_equal(params, plain.init(jax.random.key(3), x))  # names, logical axes and initial values
+  loss = lambda module: lambda p: jnp.sin(module.apply(p, x)).sum()  # noqa: E731
+  chex.assert_trees_all_close(ours.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(jax.grad(loss(ours))(params), jax.grad(loss(plain))(params), rtol=1e-4, atol=1e-5)
+  products = str(jax.make_jaxpr(ours.apply)(params, x)).count('dot_general')
+  assert products == (6 if jax.default_backend() == 'cpu' else 2)
+
+
+def test_mlp_dropout_draws_a_mask_per_piece():
+  x = jnp.ones((2, 10, 48))
+  mlp = layers.Mlp(1600, dropout=0.5)
+  params = mlp.init(jax.random.key(0), x)
+  chex.assert_trees_all_equal(mlp.apply(params, x), mlp.apply(params, x, train=False))  # none at evaluation
+  _, state = mlp.apply(params, x, train=True, rngs={'dropout': jax.random.key(1)}, capture_intermediates=True)
+  *pieces, _ = state['intermediates']['Dropout_0']['__call__']  # the hidden pieces, then the output
+  dropped = [np.asarray(piece == 0)[..., :533] for piece in pieces]
+  assert len(pieces) == (3 if jax.default_backend() == 'cpu' else 1)
+  for mask in dropped:
+    assert 0.45 < mask.mean() < 0.55
+  for a, b in zip(dropped, dropped[1:]):
+    assert 0.4 < (a == b).mean() < 0.6  # independent masks agree on half the units, a repeated one on all

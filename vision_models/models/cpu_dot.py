@@ -11,13 +11,40 @@ steps ConvNeXt-T 2.07 → 1.93 s, MaxViT-T 3.46 → 3.18 s, Mixer-B/16 4.40 → 
 
 Only the dense form (the lhs contracts its trailing dimensions, the rhs its leading ones, no batch dimensions) is
 rewritten; other forms and other backends get `lax.dot_general` unchanged.
+
+`hidden_chunks` says in how many pieces `layers.Mlp` computes its hidden layer on the CPU.
 """
 import functools
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 from jax import lax
+
+# YNNPACK runs a product narrowing a long contraction slower than MKL does (Mixer-B/16's fc2, [1568, 3072] · [3072,
+# 768]: 44.6 ms alone, four products over 768 of the 3072 summed: 41.6 ms); pieces of up to 768 hidden units made
+# Mixer-B/16's train step 4.07 → 3.92 s and left ViT-S/16, ConvNeXt-T and MaxViT-T as they were
+# (benchmarks/RESULTS.md).
+HIDDEN_CHUNK = 768
+
+
+def hidden_chunks(hidden: int, axis: str | None) -> int:
+  """How many pieces an MLP computes its `hidden` units in: on the CPU the fewest of at most `HIDDEN_CHUNK` units,
+  unless the logical `axis` of the hidden units is split across devices (tensor parallelism); 1 elsewhere."""
+  if jax.default_backend() != 'cpu' or hidden <= HIDDEN_CHUNK or (axis is not None and _split_across_devices(axis)):
+    return 1
+  return -(-hidden // HIDDEN_CHUNK)
+
+
+def _split_across_devices(axis: str) -> bool:
+  """Whether the active logical axis rules map `axis` to mesh axes holding more than one device."""
+  mesh_axes = nn.logical_to_mesh_axes((axis,))[0]
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh_axes is None or mesh.empty:
+    return False
+  names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+  return math.prod(mesh.shape.get(name, 1) for name in names) > 1
 
 
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,

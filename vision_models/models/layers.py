@@ -5,6 +5,7 @@ Every parameter is created through `param_with_axes`-style initialisers (`nn.wit
 logical axis names (`embed`, `mlp`, `heads`, `kv`, `conv_in`, `conv_out`, `classes`, ...). The rules table of the config
 (`vision_models.parallel.rules`) maps those names to mesh axes; without a mesh they cost nothing.
 """
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -63,7 +64,11 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
 
 class Mlp(nn.Module):
   """Dense → activation → dropout → Dense → dropout, hidden units on the `mlp` axis (Megatron column / row
-  split)."""
+  split).
+
+  The parameters are two `nn.Dense`'s, `fc1` and `fc2`. On the CPU the hidden units are computed in pieces of at most
+  `cpu_dot.HIDDEN_CHUNK` and fc2's products over the pieces summed (`cpu_dot.hidden_chunks`): the same values up to
+  rounding, a faster product."""
   hidden_dim: int
   out_dim: int | None = None
   act: Callable[[jax.Array], jax.Array] = gelu
@@ -76,12 +81,33 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     out_dim = self.out_dim or x.shape[-1]
-    x = dense(self.hidden_dim, (self.in_axis, self.hidden_axis), bias_init=self.bias_init, dtype=self.dtype,
-              name='fc1')(x)
-    x = self.act(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = dense(out_dim, (self.hidden_axis, self.in_axis), bias_init=self.bias_init, dtype=self.dtype, name='fc2')(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
+    k1, b1 = _DenseParams(self.hidden_dim, (self.in_axis, self.hidden_axis), self.bias_init, name='fc1')(x.shape[-1])
+    k2, b2 = _DenseParams(out_dim, (self.hidden_axis, self.in_axis), self.bias_init, name='fc2')(self.hidden_dim)
+    x, k1, b1, k2, b2 = nn.dtypes.promote_dtype(x, k1, b1, k2, b2, dtype=self.dtype)
+    dropout = nn.Dropout(self.dropout, deterministic=not train)
+    pieces = cpu_dot.hidden_chunks(self.hidden_dim, self.hidden_axis)
+    split = lambda a, axis=0: jnp.array_split(a, pieces, axis)  # noqa: E731  (its gradient is a concatenation)
+    y = functools.reduce(jnp.add, (_matmul(dropout(self.act(_matmul(x, k1) + b1)), k2)
+                                   for k1, b1, k2 in zip(split(k1, 1), split(b1), split(k2))))
+    return dropout(y + b2)
+
+
+class _DenseParams(nn.Module):
+  """`dense`'s parameters (`kernel [in, features]`, `bias [features]`, the same names, initialisers and axes) for a
+  layer that computes its own product."""
+  features: int
+  axes: tuple[str | None, str | None]
+  bias_init: Init = nn.initializers.zeros
+  kernel_init: Init = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    return (self.param('kernel', with_axes(self.kernel_init, self.axes), (in_features, self.features)),
+            self.param('bias', with_axes(self.bias_init, self.axes[-1:]), (self.features,)))
+
+
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return cpu_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 QK_NORMS = ('layernorm', 'rmsnorm')
