@@ -55,6 +55,17 @@ CASES = {  # batch, q_len, k_len, heads, head_dim, causal, bias shape, block_q, 
 }
 
 
+@pytest.mark.parametrize('causal', [False, True], ids=['full', 'causal'])
+def test_reference_matches_jax_softmax_attention(causal):
+  """The reference normalises after the product with v; jax.nn.dot_product_attention normalises the weights first."""
+  q, k, v, bias, do = inputs(2, 50, 50, 3, 32, (2, 3, 50, 50))
+  bias = bias * 3  # logits spread enough for the max subtraction to matter
+  ours = reference(causal, q, k, v, bias, do)
+  theirs = value_and_grads(lambda q, k, v, b: jax.nn.dot_product_attention(q, k, v, b, is_causal=causal,
+                                                                          implementation='xla'), q, k, v, bias, do)
+  assert_close(ours, theirs, 2e-5)
+
+
 @pytest.mark.parametrize('case', CASES)
 def test_float32_matches_reference(case):
   batch, q_len, k_len, heads, head_dim, causal, bias_shape, block_q, block_k = CASES[case]
