@@ -34,8 +34,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return nn.with_logical_constraint(x, tuple(axes))
 
 
+_DENSE_KERNEL_INIT = nn.initializers.xavier_uniform()
+
+
 def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'), *, use_bias: bool = True,
-          kernel_init: Init = nn.initializers.xavier_uniform(), bias_init: Init = nn.initializers.zeros,
+          kernel_init: Init = _DENSE_KERNEL_INIT, bias_init: Init = nn.initializers.zeros,
           dtype: Dtype | None = None, name: str | None = None) -> nn.Dense:
   """`nn.Dense` whose kernel and bias carry logical axes `(in_axis, out_axis)`."""
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=cpu_dot.dot_general,
@@ -93,16 +96,15 @@ class Mlp(nn.Module):
 
 
 class _DenseParams(nn.Module):
-  """`dense`'s parameters (`kernel [in, features]`, `bias [features]`, the same names, initialisers and axes) for a
-  layer that computes its own product."""
+  """`dense`'s parameters with its default kernel initialiser (`kernel [in, features]`, `bias [features]`, the same
+  names and axes) for a layer that computes its own product."""
   features: int
   axes: tuple[str | None, str | None]
   bias_init: Init = nn.initializers.zeros
-  kernel_init: Init = nn.initializers.xavier_uniform()
 
   @nn.compact
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-    return (self.param('kernel', with_axes(self.kernel_init, self.axes), (in_features, self.features)),
+    return (self.param('kernel', with_axes(_DENSE_KERNEL_INIT, self.axes), (in_features, self.features)),
             self.param('bias', with_axes(self.bias_init, self.axes[-1:]), (self.features,)))
 
 
