@@ -25,7 +25,8 @@ def test_gelu_is_torchs_exact_gelu_and_flaxs():
 
 def test_layer_norm_matches_torch_and_flax_values_and_gradients():
   rng = np.random.default_rng(0)
-  x = (rng.normal(size=(3, 5, 7, 96)) * 4 + 2).astype(np.float32)  # an offset mean: a one-pass variance would lose digits
+  # An offset mean: a one-pass variance would lose digits.
+  x = (rng.normal(size=(3, 5, 7, 96)) * 4 + 2).astype(np.float32)
   scale, bias, g = rng.normal(size=96).astype(np.float32), rng.normal(size=96).astype(np.float32), rng.normal(
       size=x.shape).astype(np.float32)
   params = {'params': {'scale': scale, 'bias': bias}}

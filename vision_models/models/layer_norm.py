@@ -2,8 +2,9 @@
 
 Autodiff of `nn.LayerNorm` differentiates its fast-variance form `E[x²] - E[x]²` term by term, and XLA:CPU spends
 more passes over the activations on that than the textbook gradient needs (ViT-S/16's train step on 2 CPU cores:
-1.494 → 1.471 s with this one). Here the forward keeps only the input and the per-row mean and reciprocal deviation, and the backward is the
-closed form `dx = r (g·s - mean(g·s) - x̂ mean(g·s·x̂))` (with `x̂ = (x - mean) r`), as PyTorch's kernel computes it.
+1.494 → 1.471 s with this one). Here the forward keeps only the input and the per-row mean and reciprocal deviation,
+and the backward is the closed form `dx = r (g·s - mean(g·s) - x̂ mean(g·s·x̂))` (with `x̂ = (x - mean) r`), as
+PyTorch's kernel computes it.
 Statistics are two-pass (mean, then the mean square of the centred input) and in float32 for low-precision inputs.
 The parameters (`scale`, `bias`) and the module's automatic name (`LayerNorm_N`) are those of `nn.LayerNorm`.
 """
