@@ -72,7 +72,8 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--resolution', type=int, default=224)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
-  parser.add_argument('--remat', action='store_true')
+  parser.add_argument('--remat', nargs='?', const=True, default=False, metavar='POLICY',
+                      help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name)')
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
   parser.add_argument('--steps', type=int, default=5)

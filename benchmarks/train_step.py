@@ -3,9 +3,11 @@
   python -m benchmarks.train_step --model vit_s16 --batch 8 --resolution 224 --steps 10 --against-timm
 
 Prints one JSON line per implementation (`examples_per_sec`, median `step_seconds`, `model_flops_per_step`, `mfu`
-where the device's peak is known, compiled temporary memory) and, with --against-timm, a line with the ratio
-ours / timm. `--min-ratio R` exits 1 when the ratio is below R, so the bar can be checked by a script.
+where the device's peak is known, the compiled step's temporary and peak memory) and, with --against-timm, a line
+with the ratio ours / timm. `--min-ratio R` exits 1 when the ratio is below R, so the bar can be checked by a script.
 `--mlp NAME` picks the channel mixer (`mlp_tanh`: big_vision's tanh GELU, 4% faster than the exact one on an H100).
+`--remat [POLICY]` recomputes each block in the backward pass (all of it, or what a `jax.checkpoint_policies` name does
+not save) and also reports the peak memory of the same step compiled without it (`peak_bytes_without_remat`).
 `--pp-device SPEC` (e.g. 'randaugment(2, 15)|flip_lr|value_range(-1, 1)', as `config.data.pp_device`) also times the
 step fed uint8 images that it augments itself, and prints what the augmentation adds to the step.
 With --against-timm the two steps are timed alternately (ours, timm, ours, ...), so a change in the machine's load
@@ -58,7 +60,7 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   `pp_device` the batch is uint8 and the step augments it first."""
   kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
   if args.remat:
-    kwargs['remat'] = True
+    kwargs['remat'] = args.remat
   if args.attn_impl:
     kwargs['attn_impl'] = args.attn_impl
   if args.mlp:
@@ -84,8 +86,13 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
     counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx,
                                     optax.constant_schedule(1e-4), mesh, shardings)
   flops = perf.step_flops(counted, state, batch, key)
-  compiled = step.lower(state, batch, key).compile()
-  memory = compiled.memory_analysis()
+  memory = compiled_memory(step, state, batch, key)
+  if args.remat:  # What rematerialisation saves: the same step compiled without it.
+    plain = models.create(args.model, num_classes=1000, **{**kwargs, 'remat': False})
+    plain_step = steps.make_train_step(steps.classification_loss(plain, preprocess=preprocess), tx,
+                                       optax.constant_schedule(1e-4), mesh, shardings)
+    memory.update({f'{name}_without_remat': value
+                   for name, value in compiled_memory(plain_step, state, batch, key).items()})
   holder = [state]
 
   def run():
@@ -95,8 +102,18 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   return {'impl': 'vision_models', 'model': args.model, 'batch': args.batch, 'resolution': args.resolution,
           'dtype': args.dtype, 'remat': args.remat, 'mlp': args.mlp, 'pp_device': pp_device,
           'device': jax.devices()[0].device_kind, 'devices': jax.device_count(), 'model_flops_per_step': flops,
-          'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
-          'params': models.param_count(nn.unbox(holder[0].params))}, run
+          **memory, 'params': models.param_count(nn.unbox(holder[0].params))}, run
+
+
+def compiled_memory(step, *args) -> dict:
+  """XLA's memory analysis of the compiled step: its temporaries and its peak (arguments, outputs not aliasing an
+  argument, and temporaries), in bytes; None where the backend does not say."""
+  memory = step.lower(*args).compile().memory_analysis()
+  if memory is None:
+    return {'temp_bytes': None, 'peak_bytes': None}
+  return {'temp_bytes': memory.temp_size_in_bytes,
+          'peak_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                         + memory.temp_size_in_bytes)}
 
 
 def timm_step(args) -> tuple[dict, object]:
@@ -141,7 +158,9 @@ def main(argv=None) -> int:
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--remat', action='store_true')
+  parser.add_argument('--remat', nargs='?', const=True, default=False, metavar='POLICY',
+                      help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name); '
+                           'also reports the peak memory without it')
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
   parser.add_argument('--against-timm', action='store_true')

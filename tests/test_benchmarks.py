@@ -23,6 +23,18 @@ def test_train_step_prints_one_json_line(capsys):
   assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0
 
 
+def test_train_step_reports_peak_memory_with_and_without_remat(capsys):
+  # 224 px: with 8 devices, each holding one image, smaller inputs leave the optimizer's buffers as the peak.
+  args = ['--model', 'vit_ti16', '--resolution', '224', '--steps', '1', '--warmup', '0']
+  assert train_step.main(args) == 0
+  plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert train_step.main(args + ['--remat', 'dots_with_no_batch_dims_saveable']) == 0
+  remat = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert remat['remat'] == 'dots_with_no_batch_dims_saveable' and 'peak_bytes_without_remat' not in plain
+  assert remat['peak_bytes_without_remat'] == plain['peak_bytes'] > plain['temp_bytes'] > 0
+  assert remat['peak_bytes'] < plain['peak_bytes'] and remat['temp_bytes'] < plain['temp_bytes']
+
+
 def test_train_step_builds_the_named_channel_mixer(capsys):
   args = ['--model', 'vit_ti16', '--resolution', '32', '--steps', '1', '--warmup', '1']
   assert train_step.main(args + ['--mlp', 'mlp_tanh']) == 0

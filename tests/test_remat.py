@@ -28,6 +28,19 @@ def test_remat_gives_identical_gradients(policy):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale), got, expected)
 
 
+def test_remat_needs_less_temporary_memory():
+  kwargs = dict(num_classes=5, patch_size=4, width=32, depth=4, num_heads=2, mlp_dim=128)
+  images = jnp.zeros((8, 32, 32, 3))
+  temps = {}
+  for policy in (False, True, 'dots_with_no_batch_dims_saveable'):
+    model = models.create('vit', remat=policy, **kwargs)
+    params = nn.unbox(model.init(jax.random.key(0), images))['params']
+    grad = jax.jit(jax.grad(lambda p: model.apply({'params': p}, images, train=False).sum()))
+    temps[policy] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+  # Each block keeps only its input (and, under the policy, its matmul outputs): 7.8 → 2.7 and 4.0 MB here.
+  assert temps[True] < temps['dots_with_no_batch_dims_saveable'] < 0.6 * temps[False]
+
+
 def test_unknown_remat_policy():
   model = models.create('vit', remat='keep_everything', patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=16)
   with pytest.raises(ValueError, match='unknown remat policy'):
