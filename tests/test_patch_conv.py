@@ -60,6 +60,15 @@ def test_grouped_or_other_layouts_go_to_lax(x_shape, groups, dimension_numbers):
   assert uses_conv(ours, x, w)
 
 
+@pytest.mark.parametrize('kernel,stride', [(16, 16), (1, 1), (3, 1)])
+def test_other_backends_keep_lax_convolutions(kernel, stride, monkeypatch):
+  # On an H100 the patch embedding as a product made ViT-B/16's step 9 ms slower than cuDNN's strided convolution.
+  ref, ours, x, w = conv_pair((2, 32, 32, 3), kernel, stride, 'VALID')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert uses_conv(ours, x, w)
+  assert 'dot_general' not in str(jax.make_jaxpr(jax.grad(lambda *a: ours(*a).sum(), (0, 1)))(x, w))
+
+
 def test_conv_module_keeps_nn_conv_parameters_and_outputs():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   kwargs = dict(features=8, kernel_size=(16, 16), strides=(16, 16), padding='VALID', precision='highest')

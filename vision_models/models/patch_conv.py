@@ -10,6 +10,10 @@ Other dense stride-1 convolutions (MaxViT's 3×3 stem conv) keep XLA's forward p
 CPU their kernel gradient, 640 ms for 8×112×112×64 → 64 in XLA, is computed as one product in 120 ms (see
 `_kernel_grad`). Parameters keep `nn.Conv`'s names and shapes, so checkpoints and weight conversion are unchanged;
 other convolutions go to `lax.conv_general_dilated` as before.
+
+Only on the CPU: on an H100, ViT-B/16's patch embedding as patchify + product made the bfloat16 train step 9 ms
+slower than cuDNN's strided convolution (89.1 against 80.3 ms, benchmarks/RESULTS.md), so other backends keep `lax`'s
+convolution throughout.
 """
 import functools
 from typing import Any, Sequence
@@ -26,13 +30,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-  """`lax.conv_general_dilated`; a matrix product when the kernel tiles the (unpadded) NHWC input in whole patches."""
+  """`lax.conv_general_dilated`; on the CPU a matrix product when the kernel tiles the (unpadded) NHWC input in whole
+  patches."""
   kernel = rhs.shape[:-2]
   conv = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                            dimension_numbers, feature_group_count, batch_group_count, precision,
                            preferred_element_type)
   nhwc = ('NHWC', 'HWIO', 'NHWC')
-  if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
+  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
       or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
       != lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)):
@@ -42,8 +47,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   padding = tuple(tuple(p) for p in padding)
   if tuple(kernel) == tuple(window_strides) and padding == ((0, 0), (0, 0)):
     return _patch_product(lhs, rhs, precision, preferred_element_type)
-  if (tuple(window_strides) == (1, 1) and preferred_element_type is None and min(sum(padding, ())) >= 0
-      and jax.default_backend() == 'cpu'):
+  if tuple(window_strides) == (1, 1) and preferred_element_type is None and min(sum(padding, ())) >= 0:
     return _conv_product_kernel_grad(lhs, rhs, padding, precision)
   return conv()
 
