@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from vision_models.models import layers
+from vision_models.models import layer_norm, layers
 
 
 def test_gelu_is_torchs_exact_gelu_and_flaxs():
@@ -45,6 +45,19 @@ def test_layer_norm_matches_torch_and_flax_values_and_gradients():
   chex.assert_trees_all_close(grads, ({'params': {'scale': tensors[1].grad.numpy(), 'bias': tensors[2].grad.numpy()}},
                                       tensors[0].grad.numpy()), **tol)
   chex.assert_trees_all_close(grads, jax.grad(loss, argnums=(0, 1))(params, x, nn.LayerNorm(1e-5)), **tol)
+
+
+def test_layer_norm_is_ours_on_the_cpu_and_flaxs_elsewhere(monkeypatch):
+  # Ours has the faster backward on XLA:CPU; on an H100 it made ViT-B/16's step 7.4 ms slower than Flax's.
+  x = jnp.ones((2, 8))
+  ours = layers.layer_norm(name='norm')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  flaxs = layers.layer_norm(name='norm')
+  assert type(ours) is layer_norm.LayerNorm and type(flaxs) is nn.LayerNorm
+  chex.assert_trees_all_equal_shapes_and_dtypes(nn.unbox(ours.init(jax.random.key(0), x)),
+                                                nn.unbox(flaxs.init(jax.random.key(0), x)))
+  assert nn.get_partition_spec(flaxs.init(jax.random.key(0), x))['params']['scale'] == jax.sharding.PartitionSpec(
+      'embed')
 
 
 def test_layer_norm_dtypes_and_no_bias():
