@@ -1,12 +1,15 @@
 """Chooses the flash kernels' GPU launches (tiles, warps, stages) by timing candidates against cuDNN on this GPU.
 
   python -m benchmarks.attention_tune [--seq 4096 --batch 4 --heads 16 --head-dim 64 --dtype bfloat16]
+  python -m benchmarks.attention_tune --seq 197 --batch 256 --heads 12 --block-q 32,64,128 --block-k 64,128,256
 
 Sweeps the forward kernel alone, then the dK/dV kernel and the dQ kernel inside the full forward + backward (each
 with the best choice of the earlier sweeps), one JSON line per candidate, and ends with the best launches, their
-fwd+bwd time, the ratio to cuDNN's (`jax.nn.dot_product_attention(implementation='cudnn')`) and the winner's relative
-error against a float32 reference (exit 1 above 2e-2). The winner is what
-`vision_models.kernels.flash_attention.GPU_LAUNCH` should hold. Needs a GPU (Triton): on the CPU it exits 2.
+fwd+bwd time, the ratio to cuDNN's (`kernels.attention(impl='cudnn')`, which pads lengths cuDNN refuses, such as
+ViT's 197 tokens, as the models do) and the winner's relative error against a float32 reference (exit 1 above 2e-2).
+The winner is what `vision_models.kernels.flash_attention.GPU_LAUNCH` (or `GPU_LAUNCH_SHORT`) should hold.
+`--block-q`, `--block-k`, `--warps` and `--stages` (comma lists) narrow every kernel's sweep. Needs a GPU (Triton): on
+the CPU it exits 2.
 """
 import argparse
 import itertools
@@ -17,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.attention import flops, fwd_bwd, time_it
-from vision_models.kernels import GPU_LAUNCH, Launch, flash_attention, reference_attention
+from vision_models.kernels import Launch, attention, flash_attention, reference_attention
+from vision_models.kernels.flash_attention import GPU_LAUNCH, GPU_LAUNCH_SHORT, SHORT_SEQ
 
 SWEEPS = {  # choices of block_q, block_k, num_warps, num_stages
     'fwd': ((64, 128), (32, 64, 128), (4, 8), (2, 3, 4, 5)),
@@ -50,7 +54,12 @@ def main(argv=None) -> int:
   parser.add_argument('--head-dim', type=int, default=64)
   parser.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
   parser.add_argument('--repeats', type=int, default=20)
+  for flag in ('block-q', 'block-k', 'warps', 'stages'):
+    parser.add_argument(f'--{flag}', default=None, help=f'comma list replacing the sweeps\' {flag} choices')
   args = parser.parse_args(argv)
+  narrowed = [None if value is None else tuple(int(x) for x in value.split(','))
+              for value in (args.block_q, args.block_k, args.warps, args.stages)]
+  sweeps = {kernel: tuple(n or c for n, c in zip(narrowed, choices)) for kernel, choices in SWEEPS.items()}
   if jax.default_backend() != 'gpu':
     print('attention_tune needs a GPU: the Triton launch parameters mean nothing elsewhere', file=sys.stderr)
     return 2
@@ -58,13 +67,13 @@ def main(argv=None) -> int:
   base = {'seq': args.seq, 'batch': args.batch, 'heads': args.heads, 'head_dim': args.head_dim, 'dtype': args.dtype,
           'device': jax.devices()[0].device_kind}
   work = flops(args.batch, args.heads, args.seq, args.head_dim)['flops']
-  cudnn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  cudnn = lambda q, k, v: attention(q, k, v, impl='cudnn')
   reference = {'fwd': timed(cudnn, shape, dtype, args.repeats, False),
                'fwd_bwd': timed(cudnn, shape, dtype, args.repeats, True)}
   print(json.dumps({**base, 'impl': 'cudnn', 'seconds': reference, 'tflops_per_s': work / reference['fwd_bwd'] / 1e12}),
         flush=True)
-  best = dict(GPU_LAUNCH)
-  for kernel, choices in SWEEPS.items():
+  best = dict(GPU_LAUNCH_SHORT if args.seq <= SHORT_SEQ else GPU_LAUNCH)
+  for kernel, choices in sweeps.items():
     results = []
     for tiles in itertools.product(*choices):
       launch = {**best, kernel: Launch(*tiles)}

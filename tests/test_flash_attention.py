@@ -1,6 +1,7 @@
 """Pallas flash attention (interpret mode on the CPU) against the XLA reference: values and gradients of q, k, v and
 bias, awkward lengths, jit / vmap / shard_map, a ViT with both impls, and real TPU / Triton lowering via jax.export."""
 import functools
+import importlib
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,8 @@ from vision_models import kernels, models
 from vision_models.errors import ConfigError
 from vision_models.kernels import flash_attention, reference_attention
 from vision_models.kernels.splash import splash_attention
+
+flash_attention_module = importlib.import_module('vision_models.kernels.flash_attention')  # the function shadows it
 
 # Interpreted kernels are big while-loops; XLA's backend optimisations only slow their compilation down here.
 fast_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
@@ -36,6 +39,16 @@ def value_and_grads(fn, q, k, v, bias, do):
 @functools.partial(fast_jit, static_argnums=0)
 def reference(causal, q, k, v, bias, do):
   return value_and_grads(lambda q, k, v, b: reference_attention(q, k, v, b, causal=causal), q, k, v, bias, do)
+
+
+@pytest.fixture(params=['head_major', 'seq_major', 'seq_major_padded'])
+def seq_major(request, monkeypatch) -> bool:
+  """The kernels' layouts: head-major (TPU), seq-major in place (GPU, jax >= 0.12: blocks past the end masked by the
+  lowering) and seq-major with padded sequences (GPU, jax 0.11). Interpret mode fills blocks past the end with NaN,
+  so the in-place kernels must zero those rows, or NaN reaches every output."""
+  if request.param == 'seq_major_padded':
+    monkeypatch.setattr(flash_attention_module, 'SEQ_MAJOR_IN_PLACE', False)
+  return request.param != 'head_major'
 
 
 def assert_close(actual, expected, tol):
@@ -67,11 +80,11 @@ def test_reference_matches_jax_softmax_attention(causal):
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_float32_matches_reference(case):
+def test_float32_matches_reference(case, seq_major):
   batch, q_len, k_len, heads, head_dim, causal, bias_shape, block_q, block_k = CASES[case]
   args = inputs(batch, q_len, k_len, heads, head_dim, bias_shape)
   ours = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: flash_attention(
-      q, k, v, bias=b, causal=causal, block_q=block_q, block_k=block_k), *a))(*args)
+      q, k, v, bias=b, causal=causal, block_q=block_q, block_k=block_k, seq_major=seq_major), *a))(*args)
   assert_close(ours, reference(causal, *args), 1e-5)
 
 
@@ -162,12 +175,12 @@ def test_splash_matches_reference():
   assert_close(ours, reference(True, *args), 1e-5)
 
 
-def test_per_kernel_launches_match_reference():
+def test_per_kernel_launches_match_reference(seq_major):
   # Different tiles for the forward, dK/dV and dQ kernels (the GPU default), causal, lengths no tile divides.
   args = inputs(1, 50, 70, 2, 32)
   launch = {'fwd': kernels.Launch(32, 16), 'dkv': kernels.Launch(16, 32, 8, 3), 'dq': kernels.Launch(32, 32)}
   ours = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: flash_attention(
-      q, k, v, causal=True, launch=launch), *a))(*args)
+      q, k, v, causal=True, launch=launch, seq_major=seq_major), *a))(*args)
   assert_close(ours, reference(True, *args), 1e-5)
   with pytest.raises(ConfigError, match='unknown kernels'):
     flash_attention(*args[:3], launch={'bwd': kernels.Launch()})
@@ -199,13 +212,13 @@ def export(fn, platform, *args):
 KERNEL_CALL = {'tpu': 'tpu_custom_call', 'cuda': '__gpu$xla.gpu.triton'}
 
 
-@pytest.mark.parametrize('platform', ['tpu', 'cuda'])
+@pytest.mark.parametrize('platform,seq_major', [('tpu', False), ('cuda', False), ('cuda', True)])
 @pytest.mark.parametrize('dtype,head_dim', [(jnp.bfloat16, 64), (jnp.float32, 72)])
-def test_lowers_for_real(platform, dtype, head_dim):
+def test_lowers_for_real(platform, seq_major, dtype, head_dim):
   # ViT-B/16's 197 tokens with default blocks (two of 128) and a [1, H, Q, K] bias; fwd, then the backward.
   q = jax.ShapeDtypeStruct((2, 197, 4, head_dim), dtype)
   bias = jax.ShapeDtypeStruct((1, 4, 197, 197), dtype)
-  fwd = lambda q, k, v, b: flash_attention(q, k, v, bias=b, causal=True, interpret=False)
+  fwd = lambda q, k, v, b: flash_attention(q, k, v, bias=b, causal=True, interpret=False, seq_major=seq_major)
   bwd = jax.grad(lambda *a: fwd(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2, 3))
   assert export(fwd, platform, q, q, q, bias).mlir_module().count(KERNEL_CALL[platform]) == 1
   assert export(bwd, platform, q, q, q, bias).mlir_module().count(KERNEL_CALL[platform]) == 3  # fwd, dK/dV, dQ

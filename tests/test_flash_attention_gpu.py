@@ -1,7 +1,10 @@
 """The flash kernels compiled by Triton on a real GPU (skipped elsewhere; the CPU suite checks them in interpret mode):
 values and gradients against the float32 XLA reference with the default GPU launches, including the bias layouts
 MaxViT and relative-position models use, causal masks, lengths no tile divides and float32 rows that force the
-launches' shared-memory fallback. Passed on an H100 on 2026-11-23 (bf16 errors ~2.5e-3, float32 with TF32 ~3e-4)."""
+launches' shared-memory fallback. Lengths up to `SHORT_SEQ` run seq-major with `GPU_LAUNCH_SHORT`, longer ones
+head-major. Passed on an H100 on 2026-11-23 (bf16 errors ~2.5e-3, float32 with TF32 ~3e-4) and on 2026-11-24 with
+every case seq-major (jax 0.11.2, so with padded sequences). The in-place path jax 0.12 takes (blocks past the end
+masked by the lowering) has run only in interpret mode, which fills those blocks with NaN."""
 import jax
 import jax.numpy as jnp
 import numpy as np

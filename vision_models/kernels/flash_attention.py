@@ -1,8 +1,13 @@
 """Blockwise (flash) attention in Pallas: online softmax over key blocks, forward and backward kernels.
 
 One `pl.pallas_call` source per kernel, with BlockSpecs only, so it lowers to Mosaic TPU and to Triton GPU (and runs
-in interpret mode on the CPU). Kernels work in the `[batch, heads, seq, head_dim]` layout (TPU tiles the last two
-dims), with sequences zero-padded to a whole number of blocks; padded keys are masked inside the kernels.
+in interpret mode on the CPU). The kernels work in the `[batch, heads, seq, head_dim]` layout (TPU tiles the last two
+dims), with sequences zero-padded to a whole number of blocks. On GPUs, sequences of up to `SHORT_SEQ` tokens (ViT's
+197) are read and written in the callers' `[batch, seq, heads, head_dim]` arrays instead (seq-major): no transposes
+around the kernels, and from jax 0.12 on no padding copies either, since Triton then masks the loads and stores of a
+block that runs past the sequence and the kernels zero the rows such a load leaves undefined (jax 0.11's lowering
+does not mask, so there the sequences are zero-padded). At 4K tokens on an H100 seq-major was 3% slower (strided
+rows), so long sequences keep the head-major layout. Padded keys are masked inside the kernels.
 
   forward   grid (batch, heads, q blocks); K/V of one (batch, head) stay resident while a `fori_loop` walks the key
             blocks keeping the running max `m`, sum `l` and output accumulator in float32. Saves o and lse = m + log2 l.
@@ -31,6 +36,9 @@ _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _MAX_BLOCK = 128
 _LOG2E = float(np.log2(np.e))
+# Whether Pallas' Triton lowering masks a block's loads and stores past the array's end (jax >= 0.12). Without it, a
+# seq-major store past one example's last token overwrites the next example's first rows.
+SEQ_MAJOR_IN_PLACE = jax.__version_info__ >= (0, 12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,10 @@ class Launch:
 KERNELS = ('fwd', 'dkv', 'dq')
 # Chosen on an H100 with `python -m benchmarks.attention_tune` (bfloat16, head_dim 64, 4K tokens; RESULTS.md).
 GPU_LAUNCH = {'fwd': Launch(64, 128, 4, 2), 'dkv': Launch(64, 64, 4, 3), 'dq': Launch(128, 32, 4, 3)}
+# For sequences of at most SHORT_SEQ tokens (seq-major); chosen likewise at ViT-B/16's shape (197 tokens, batch 256,
+# 12 heads).
+SHORT_SEQ = 256
+GPU_LAUNCH_SHORT = {'fwd': Launch(128, 64, 8, 3), 'dkv': Launch(128, 128, 8, 3), 'dq': Launch(128, 64, 4, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +66,8 @@ class _Config:
   q_len: int
   k_len: int
   interpret: bool
+  seq_major: bool  # q, k, v, o and their gradients as [B, S, H, D] (GPU)
+  in_place: bool  # seq-major without padding the sequences: blocks past the end masked by the lowering
   fwd: Launch
   dkv: Launch
   dq: Launch
@@ -75,6 +89,15 @@ class _Config:
   @property
   def masked(self) -> bool:
     return self.causal or self.kp != self.k_len
+
+  @property
+  def ragged_q(self) -> bool:
+    """Whether query rows past q_len reach the kernels undefined (seq-major) rather than zero-padded."""
+    return self.in_place and self.qp != self.q_len
+
+  @property
+  def ragged_k(self) -> bool:
+    return self.in_place and self.kp != self.k_len
 
 
 def _next_pow2(n: int) -> int:
@@ -111,6 +134,15 @@ def _logits(q, k, bias, cfg: _Config, q_start, k_start):
   return s
 
 
+def _zero_past(x, start, length: int, ragged: bool):
+  """Rows start + r >= length of a loaded tile set to zero: a seq-major load past the sequence leaves them undefined,
+  and zeros are what the padded layout would hold (finite logits, nothing added to the sums over rows)."""
+  if not ragged:
+    return x
+  rows = start + lax.broadcasted_iota(jnp.int32, x.shape, 0)
+  return jnp.where(rows < length, x, jnp.zeros_like(x))
+
+
 def _k_hi(cfg: _Config, tile: Launch, q_block, num_k: int):
   """Key blocks [0, hi) that query block `q_block` can see."""
   if not cfg.causal:
@@ -138,7 +170,7 @@ def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
   (q_ref, k_ref, v_ref, bias_ref), (o_ref, lse_ref) = _split(refs, has_bias, 3 + has_bias)
   bq, bk = cfg.fwd.block_q, cfg.fwd.block_k
   i = pl.program_id(2)
-  q = q_ref[...]
+  q = _zero_past(q_ref[...], i * bq, cfg.q_len, cfg.ragged_q)  # finite lse for the rows past q_len
 
   def body(j, carry):
     acc, m, l = carry
@@ -147,7 +179,7 @@ def _fwd_kernel(*refs, cfg: _Config, has_bias: bool):
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     alpha = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new)
-    v = v_ref[pl.ds(start, bk), :]
+    v = _zero_past(v_ref[pl.ds(start, bk), :], start, cfg.k_len, cfg.ragged_k)  # 0 · undefined may be NaN
     acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return acc, m_new, alpha * l + jnp.sum(p, axis=1, keepdims=True)
 
@@ -174,7 +206,7 @@ def _dkv_kernel(*refs, cfg: _Config, has_bias: bool):
   def body(i, carry):
     dk, dv = carry
     rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
-    q, do = q_ref[rows, :], do_ref[rows, :]
+    q, do = (_zero_past(ref[rows, :], i * bq, cfg.q_len, cfg.ragged_q) for ref in (q_ref, do_ref))
     bias = None if bias_ref is None else bias_ref[rows, :]
     p, ds = _probs_and_dlogits(q, k, v, bias, do, lse_ref[rows, :], delta_ref[rows, :], cfg, i * bq, j * bk)
     dv = dv + lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)
@@ -197,7 +229,7 @@ def _dq_kernel(*refs, cfg: _Config, has_bias: bool):
 
   def body(j, dq):
     start = pl.multiple_of(j * bk, bk)
-    k, v = k_ref[pl.ds(start, bk), :], v_ref[pl.ds(start, bk), :]
+    k, v = (_zero_past(ref[pl.ds(start, bk), :], start, cfg.k_len, cfg.ragged_k) for ref in (k_ref, v_ref))
     bias = None if bias_ref is None else bias_ref[j]
     _, ds = _probs_and_dlogits(q, k, v, bias, do, lse, delta, cfg, i * bq, start)
     if dbias_ref is not None:
@@ -235,7 +267,9 @@ def _pallas(kernel, cfg: _Config, tile: Launch, *, grid, in_specs, out_specs, ou
 
 
 class _Layout:
-  """Kernel layout of one call: [batch, heads, padded seq, padded head_dim], bias as [Bb, Hb, k blocks, Qp, block_k].
+  """Kernel layout of one call: q, k, v, o as [batch, heads, padded seq, padded head_dim], or seq-major as
+  [batch, seq, heads, padded head_dim]; lse and delta as [batch, heads, padded seq, 1]; bias as
+  [Bb, Hb, k blocks, Qp, block_k].
 
   With a bias every kernel uses the forward's tiles (flash_attention enforces it), so one bias layout serves all.
   """
@@ -248,12 +282,26 @@ class _Layout:
     self.cfg = cfg
 
   def seq(self, x, padded: int):
-    """[B, S, H, D] -> [B, H, padded, dp]."""
-    x = jnp.swapaxes(x, 1, 2)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, padded - x.shape[2]), (0, self.dp - x.shape[3])))
+    """[B, S, H, D] -> [B, H, padded, dp], or seq-major [B, S or padded, H, dp]."""
+    seq_axis = 1 if self.cfg.seq_major else 2
+    if not self.cfg.seq_major:
+      x = jnp.swapaxes(x, 1, 2)
+    pad = [(0, 0)] * 4
+    if not self.cfg.in_place:
+      pad[seq_axis] = (0, padded - x.shape[seq_axis])
+    pad[3] = (0, self.dp - self.head_dim)
+    return jnp.pad(x, pad) if any(high for _, high in pad) else x
 
   def unseq(self, x, length: int):
+    if self.cfg.seq_major:
+      return x[:, :length, :, :self.head_dim]
     return jnp.swapaxes(x[:, :, :length, :self.head_dim], 1, 2)
+
+  def shape(self, length: int, padded: int) -> tuple[int, int, int, int]:
+    """Shape of a q-, k- or v-like array in the kernels' layout."""
+    if self.cfg.seq_major:
+      return (self.batch, length if self.cfg.in_place else padded, self.heads, self.dp)
+    return (self.batch, self.heads, padded, self.dp)
 
   def bias(self, bias):
     """[Bb, Hb, Q, K] -> [Bb, Hb, nk, Qp, block_k]: a key block is a leading index, no dynamic lane slicing."""
@@ -266,11 +314,16 @@ class _Layout:
     bb, hb = self.bias_bh
     return lambda b, h, x: fn(b if bb > 1 else 0, h if hb > 1 else 0, x)
 
-  def rows(self, block: int, width: int, blocked: bool = True):
-    """Spec for a [B, H, S, width] array: one `block` of rows per grid step, or all rows (blocked=False)."""
-    if blocked:
-      return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, x, 0))
-    return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, 0, 0))
+  def rows(self, block: int, blocked: bool = True):
+    """Spec for a q-, k- or v-like array: one `block` of rows per grid step, or all rows (blocked=False)."""
+    if self.cfg.seq_major:
+      return pl.BlockSpec((None, block, None, self.dp), lambda b, h, x: (b, x if blocked else 0, h, 0))
+    return self.stats(block, blocked, self.dp)
+
+  @staticmethod
+  def stats(block: int, blocked: bool = True, width: int = 1):
+    """Spec for a [B, H, S, width] array (lse, delta): one `block` of rows per grid step, or all of them."""
+    return pl.BlockSpec((None, None, block, width), lambda b, h, x: (b, h, x if blocked else 0, 0))
 
 
 def _out(shape, dtype, like: jax.Array) -> jax.ShapeDtypeStruct:
@@ -292,15 +345,15 @@ def _forward(q, k, v, bias, cfg: _Config):
   lay = _Layout(q, k, bias, cfg)
   bq, bk = cfg.fwd.block_q, cfg.fwd.block_k
   args = [lay.seq(q, lay.qp), lay.seq(k, lay.kp), lay.seq(v, lay.kp)]
-  in_specs = [lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False), lay.rows(lay.kp, lay.dp, False)]
+  in_specs = [lay.rows(bq), lay.rows(lay.kp, False), lay.rows(lay.kp, False)]
   if bias is not None:
     args.append(lay.bias(bias))
     in_specs.append(pl.BlockSpec((None, None, lay.kp // bk, bq, bk), lay.bias_map(lambda b, h, i: (b, h, 0, i, 0))))
-  out_shape = [_out((lay.batch, lay.heads, lay.qp, lay.dp), q.dtype, q),
+  out_shape = [_out(lay.shape(cfg.q_len, lay.qp), q.dtype, q),
                _out((lay.batch, lay.heads, lay.qp, 1), jnp.float32, q)]
   kernel = functools.partial(_fwd_kernel, cfg=cfg, has_bias=bias is not None)
   o, lse = _pallas(kernel, cfg, cfg.fwd, grid=(lay.batch, lay.heads, lay.qp // bq), in_specs=in_specs,
-                   out_specs=[lay.rows(bq, lay.dp), lay.rows(bq, 1)], out_shape=out_shape,
+                   out_specs=[lay.rows(bq), lay.stats(bq)], out_shape=out_shape,
                    name='flash_attention_fwd')(*args)
   return lay.unseq(o, cfg.q_len), lse
 
@@ -316,10 +369,10 @@ def _backward(cfg: _Config, residuals, do):
 
   # dK, dV: one key block per grid step, all query rows resident.
   bq, bk = cfg.dkv.block_q, cfg.dkv.block_k
-  q_all, k_blk = lay.rows(lay.qp, lay.dp, False), lay.rows(bk, lay.dp)
+  q_all, k_blk = lay.rows(lay.qp, False), lay.rows(bk)
   specs = [q_all, k_blk, k_blk] + (
       [pl.BlockSpec((None, None, None, lay.qp, bk), lay.bias_map(lambda b, h, j: (b, h, j, 0, 0)))] if has_bias
-      else []) + [q_all, lay.rows(lay.qp, 1, False), lay.rows(lay.qp, 1, False)]
+      else []) + [q_all, lay.stats(lay.qp, False), lay.stats(lay.qp, False)]
   dk, dv = _pallas(functools.partial(_dkv_kernel, cfg=cfg, has_bias=has_bias), cfg, cfg.dkv,
                    grid=(lay.batch, lay.heads, lay.kp // bk),
                    in_specs=specs, out_specs=[k_blk, k_blk], name='flash_attention_dkv',
@@ -327,11 +380,11 @@ def _backward(cfg: _Config, residuals, do):
 
   # dQ (and dS = dbias): one query block per grid step, all keys resident.
   bq, bk = cfg.dq.block_q, cfg.dq.block_k
-  q_blk, k_all = lay.rows(bq, lay.dp), lay.rows(lay.kp, lay.dp, False)
+  q_blk, k_all = lay.rows(bq), lay.rows(lay.kp, False)
   bias_blk = pl.BlockSpec((None, None, lay.kp // bk, bq, bk), lambda b, h, i: (b, h, 0, i, 0))
   specs = [q_blk, k_all, k_all] + (
       [pl.BlockSpec(bias_blk.block_shape, lay.bias_map(lambda b, h, i: (b, h, 0, i, 0)))] if has_bias else []) + [
-          q_blk, lay.rows(bq, 1), lay.rows(bq, 1)]
+          q_blk, lay.stats(bq), lay.stats(bq)]
   out_shape = [_out(qt.shape, q.dtype, q)]
   if has_bias:
     out_shape.append(_out((lay.batch, lay.heads, lay.kp // bk, lay.qp, bk), jnp.float32, q))
@@ -391,7 +444,8 @@ def _launches(launch: dict[str, Launch] | None, block_q: int | None, block_k: in
     raise ConfigError(f'launch has unknown kernels {sorted(unknown)}; the kernels are {", ".join(KERNELS)}')
   defaults = {}
   if jax.default_backend() == 'gpu':
-    defaults = {name: _gpu_default(tile, row_bytes) for name, tile in GPU_LAUNCH.items()}
+    table = GPU_LAUNCH_SHORT if max(q_len, k_len) <= SHORT_SEQ else GPU_LAUNCH
+    defaults = {name: _gpu_default(tile, row_bytes) for name, tile in table.items()}
   out = {}
   for name in KERNELS:
     tile = (launch or {}).get(name) or defaults.get(name) or Launch()
@@ -404,15 +458,18 @@ def _launches(launch: dict[str, Launch] | None, block_q: int | None, block_k: in
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None, causal: bool = False,
                     sm_scale: float | None = None, block_q: int | None = None, block_k: int | None = None,
-                    launch: dict[str, Launch] | None = None, interpret: bool | None = None) -> jax.Array:
+                    launch: dict[str, Launch] | None = None, interpret: bool | None = None,
+                    seq_major: bool | None = None) -> jax.Array:
   """softmax(q kᵀ · sm_scale + bias) v without materialising the [q, k] matrix, differentiable in q, k, v, bias.
 
   q `[batch, q_len, heads, head_dim]`, k and v `[batch, k_len, heads, head_dim]` (jax.nn.dot_product_attention's
   layout); bias broadcastable to `[batch, heads, q_len, k_len]`. Any lengths (padded to the blocks and masked).
   `sm_scale` defaults to 1/sqrt(head_dim). `launch` maps 'fwd', 'dkv', 'dq' to each kernel's `Launch` (tiles, Triton
-  warps and stages); the default is `GPU_LAUNCH` on GPUs and 128 x 128 tiles elsewhere, tiles shrunk to one block for
-  short sequences; `block_q` / `block_k` set every kernel's tiles (powers of two). `interpret=None` interprets the
-  kernels when the default backend is the CPU.
+  warps and stages); the default is `GPU_LAUNCH` (`GPU_LAUNCH_SHORT` up to `SHORT_SEQ` tokens) on GPUs and 128 x 128
+  tiles elsewhere, tiles shrunk to one block for short sequences; `block_q` / `block_k` set every kernel's tiles
+  (powers of two). `interpret=None` interprets the kernels when the default backend is the CPU. `seq_major` has the
+  kernels work on the [B, S, H, D] arrays without transposing them (the default on GPUs up to `SHORT_SEQ` tokens;
+  TPUs need the head-major layout).
   Softmax statistics and accumulators are float32 whatever the input dtype; the output has q's dtype.
   """
   if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[::2] != k.shape[::2] or q.shape[3] != k.shape[3]:
@@ -424,7 +481,10 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array
     bias = _full_bias(bias, (batch, heads, q_len, k_len))
   tiles = _launches(launch, block_q, block_k, q_len, k_len, shared_tiles=bias is not None,
                     row_bytes=max(16, _next_pow2(head_dim)) * jnp.dtype(q.dtype).itemsize)
+  if seq_major is None:
+    seq_major = jax.default_backend() == 'gpu' and max(q_len, k_len) <= SHORT_SEQ
   cfg = _Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
                 q_len=q_len, k_len=k_len,
-                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret), **tiles)
+                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret),
+                seq_major=seq_major, in_place=seq_major and SEQ_MAJOR_IN_PLACE, **tiles)
   return _flash(q, k, v, bias, cfg)
