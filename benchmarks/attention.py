@@ -4,7 +4,9 @@
 
 Prints one JSON line per (sequence length, implementation) with XLA's compiled memory analysis of fwd+bwd
 (`temp_bytes`: scratch beyond arguments and outputs) and the FLOP count; on a GPU or TPU also the median time, and on
-a GPU cuDNN's fused attention beside ours with a last line giving our time over cuDNN's at each length.
+a GPU cuDNN's fused attention (through `kernels.attention`, which pads lengths cuDNN refuses, such as ViT's 197 tokens,
+as the models do) and our kernel in each layout (`pallas_seq_major`, `pallas_head_major`; `pallas` takes the default
+layout for the length), with a last line giving `pallas`'s time over cuDNN's at each length.
 On the CPU the Pallas kernel runs in interpret mode, so only its memory is meaningful there.
 A last line fits temp_bytes ∝ seq^exponent per implementation and exits with status 1 unless the kernel's exponent is
 near 1 (linear) and the reference's near 2 (quadratic).
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_models.kernels import flash_attention, reference_attention
+from vision_models.kernels import attention, flash_attention, reference_attention
 
 LINEAR_MAX, QUADRATIC_MIN = 1.25, 1.75  # bounds on the fitted memory exponents
 
@@ -30,7 +32,9 @@ def impls(backend: str) -> dict:
       'jax_nn': lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
   }
   if backend == 'gpu':
-    found['cudnn'] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+    found['cudnn'] = lambda q, k, v: attention(q, k, v, impl='cudnn')
+    found['pallas_seq_major'] = lambda q, k, v: flash_attention(q, k, v, seq_major=True)
+    found['pallas_head_major'] = lambda q, k, v: flash_attention(q, k, v, seq_major=False)
   return found
 
 
