@@ -7,7 +7,7 @@ Sweeps the forward kernel alone, then the dK/dV kernel and the dQ kernel inside 
 with the best choice of the earlier sweeps), one JSON line per candidate, and ends with the best launches, their
 fwd+bwd time, the ratio to cuDNN's (`kernels.attention(impl='cudnn')`, which pads lengths cuDNN refuses, such as
 ViT's 197 tokens, as the models do) and the winner's relative error against a float32 reference (exit 1 above 2e-2).
-The winner is what `vision_models.kernels.flash_attention.GPU_LAUNCH` (or `GPU_LAUNCH_SHORT`) should hold.
+The winner is what `vision_models.kernels.flash_launch.GPU_LAUNCH` (or `GPU_LAUNCH_SHORT`) should hold.
 `--block-q`, `--block-k`, `--warps` and `--stages` (comma lists) narrow every kernel's sweep. Needs a GPU (Triton): on
 the CPU it exits 2.
 """
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from benchmarks.attention import flops, fwd_bwd, time_it
 from vision_models.kernels import Launch, attention, flash_attention, reference_attention
-from vision_models.kernels.flash_attention import GPU_LAUNCH, GPU_LAUNCH_SHORT, SHORT_SEQ
+from vision_models.kernels.flash_launch import GPU_LAUNCH, GPU_LAUNCH_SHORT, SHORT_SEQ
 
 SWEEPS = {  # choices of block_q, block_k, num_warps, num_stages
     'fwd': ((64, 128), (32, 64, 128), (4, 8), (2, 3, 4, 5)),

@@ -2,7 +2,8 @@
 convolution, large-kernel depthwise convolution), each beside a plain XLA reference."""
 from vision_models.kernels.attention import IMPLS, attention, reference_attention, register_impl, resolve_impl
 from vision_models.kernels.depthwise_conv import depthwise_conv2d, depthwise_conv2d_reference
-from vision_models.kernels.flash_attention import GPU_LAUNCH, Launch, flash_attention
+from vision_models.kernels.flash_attention import flash_attention
+from vision_models.kernels.flash_launch import GPU_LAUNCH, Launch
 from vision_models.kernels.long_conv import (long_conv, long_conv2d, long_conv2d_direct, long_conv2d_fft,
                                              long_conv_direct, long_conv_fft)
 from vision_models.kernels.splash import splash_attention
