@@ -1,17 +1,20 @@
 # make train: virtual environment + project + the quickstart (ViT on scikit-learn's digits, ~3 min on 2 CPU cores).
 # make test:  the same environment + the test extra (torch, timm for parity) + the whole test suite.
+# make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): the GPU-only tests,
+#             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm), ~6 min.
 SHELL := /bin/bash
 VENV ?= .venv
 WORKDIR ?= workdirs/quickstart
 CONFIG ?= configs/quickstart.py
 PYTEST_ARGS ?=
+GPU_PYTHON ?= python3
 
 # The first Python >= 3.12 on the PATH or under pyenv (jax >= 0.11 needs 3.12).
 PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 python3 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do \
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
   && { command -v $$p; break; }; done)
 
-.PHONY: train test venv clean
+.PHONY: train test venv clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (jax >= 0.11 needs it); install one (e.g. 'pyenv install 3.12') or run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
@@ -33,6 +36,13 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+gpu-check:
+	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_flash_attention_gpu.py tests/test_device_preprocess_gpu.py
+	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
+	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
+	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
+	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm || exit 1; done
 
 clean:
 	rm -rf $(VENV) workdirs
