@@ -1,7 +1,7 @@
 # make train: virtual environment + project + the quickstart (ViT on scikit-learn's digits, ~3 min on 2 CPU cores).
 # make test:  the same environment + the test extra (torch, timm for parity) + the whole test suite.
 # make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): the GPU-only tests,
-#             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm), ~6 min.
+#             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm).
 SHELL := /bin/bash
 VENV ?= .venv
 WORKDIR ?= workdirs/quickstart
