@@ -99,11 +99,11 @@ def test_bfloat16_matches_reference():
   assert_close([x.astype(jnp.float32) for x in ours], expected, 2e-2)
 
 
-def test_jit_and_vmap_one_block():
+def test_jit_and_vmap_one_block(seq_major):
   # 17 tokens: one padded block; vmap over a leading axis of 3 adds a grid dimension to all three kernels.
   args = inputs(6, 17, 17, 2, 32, (6, 2, 17, 17))
   split = lambda x: x.reshape(3, 2, *x.shape[1:])
-  fn = lambda q, k, v, b: flash_attention(q, k, v, bias=b, sm_scale=0.3)
+  fn = lambda q, k, v, b: flash_attention(q, k, v, bias=b, sm_scale=0.3, seq_major=seq_major)
   ours = fast_jit(jax.vmap(lambda *a: value_and_grads(fn, *a)))(*map(split, args))
   expected = fast_jit(lambda *a: value_and_grads(lambda q, k, v, b: reference_attention(q, k, v, b, sm_scale=0.3),
                                                  *a))(*args)
