@@ -230,7 +230,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array
   if seq_major is None:
     seq_major = jax.default_backend() == 'gpu' and max(q_len, k_len) <= SHORT_SEQ
   cfg = Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
-                q_len=q_len, k_len=k_len,
-                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret),
-                seq_major=seq_major, in_place=seq_major and SEQ_MAJOR_IN_PLACE, **tiles)
+               q_len=q_len, k_len=k_len,
+               interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret),
+               seq_major=seq_major, in_place=seq_major and SEQ_MAJOR_IN_PLACE, **tiles)
   return _flash(q, k, v, bias, cfg)
