@@ -5,8 +5,8 @@
 Prints one JSON line per (sequence length, implementation) with XLA's compiled memory analysis of fwd+bwd
 (`temp_bytes`: scratch beyond arguments and outputs) and the FLOP count; on a GPU or TPU also the median time, and on
 a GPU cuDNN's fused attention (through `kernels.attention`, which pads lengths cuDNN refuses, such as ViT's 197 tokens,
-as the models do) and our kernel in each layout (`pallas_seq_major`, `pallas_head_major`; `pallas` takes the default
-layout for the length), with a last line giving `pallas`'s time over cuDNN's at each length.
+as the models do) and our kernel in the layout it does not take by default at that length (`pallas_seq_major` or
+`pallas_head_major`), with a last line giving `pallas`'s time over cuDNN's at each length.
 On the CPU the Pallas kernel runs in interpret mode, so only its memory is meaningful there.
 A last line fits temp_bytes ∝ seq^exponent per implementation and exits with status 1 unless the kernel's exponent is
 near 1 (linear) and the reference's near 2 (quadratic).
@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_models.kernels import attention, flash_attention, reference_attention
+from vision_models.kernels.flash_launch import is_short
 
 LINEAR_MAX, QUADRATIC_MIN = 1.25, 1.75  # bounds on the fitted memory exponents
 
 
-def impls(backend: str) -> dict:
+def impls(backend: str, seq: int) -> dict:
   found = {
       'pallas': lambda q, k, v: flash_attention(q, k, v, interpret=backend == 'cpu'),
       'xla_reference': lambda q, k, v: reference_attention(q, k, v),
@@ -33,8 +34,8 @@ def impls(backend: str) -> dict:
   }
   if backend == 'gpu':
     found['cudnn'] = lambda q, k, v: attention(q, k, v, impl='cudnn')
-    found['pallas_seq_major'] = lambda q, k, v: flash_attention(q, k, v, seq_major=True)
-    found['pallas_head_major'] = lambda q, k, v: flash_attention(q, k, v, seq_major=False)
+    other = not is_short(seq, seq)  # `pallas` already times the default layout
+    found[f'pallas_{"seq" if other else "head"}_major'] = lambda q, k, v: flash_attention(q, k, v, seq_major=other)
   return found
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
   for seq in seqs:
     shape = (args.batch, seq, args.heads, args.head_dim)
     spec = jax.ShapeDtypeStruct(shape, jnp.dtype(args.dtype))
-    for name, fn in impls(backend).items():
+    for name, fn in impls(backend, seq).items():
       compiled = fwd_bwd(fn).lower(spec, spec, spec, spec).compile()
       memory = compiled.memory_analysis()
       row = {'benchmark': 'attention_fwd_bwd', 'impl': name, 'seq': seq, 'batch': args.batch, 'heads': args.heads,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from benchmarks.attention import flops, fwd_bwd, time_it
 from vision_models.kernels import Launch, attention, flash_attention, reference_attention
-from vision_models.kernels.flash_launch import GPU_LAUNCH, GPU_LAUNCH_SHORT, SHORT_SEQ
+from vision_models.kernels.flash_launch import gpu_table
 
 SWEEPS = {  # choices of block_q, block_k, num_warps, num_stages
     'fwd': ((64, 128), (32, 64, 128), (4, 8), (2, 3, 4, 5)),
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                'fwd_bwd': timed(cudnn, shape, dtype, args.repeats, True)}
   print(json.dumps({**base, 'impl': 'cudnn', 'seconds': reference, 'tflops_per_s': work / reference['fwd_bwd'] / 1e12}),
         flush=True)
-  best = dict(GPU_LAUNCH_SHORT if args.seq <= SHORT_SEQ else GPU_LAUNCH)
+  best = dict(gpu_table(args.seq, args.seq))
   for kernel, choices in sweeps.items():
     results = []
     for tiles in itertools.product(*choices):

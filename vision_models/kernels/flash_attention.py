@@ -22,7 +22,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from vision_models.errors import ConfigError
 from vision_models.kernels.flash_kernels import Config, dkv_kernel, dq_kernel, fwd_kernel
-from vision_models.kernels.flash_launch import SHORT_SEQ, Launch, launches, next_pow2
+from vision_models.kernels.flash_launch import Launch, is_short, launches, next_pow2
 
 # Whether Pallas' Triton lowering masks a block's loads and stores past the array's end (jax >= 0.12). Without it, a
 # seq-major store past one example's last token overwrites the next example's first rows.
@@ -228,7 +228,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array
   tiles = launches(launch, block_q, block_k, q_len, k_len, shared_tiles=bias is not None,
                    row_bytes=max(16, next_pow2(head_dim)) * jnp.dtype(q.dtype).itemsize)
   if seq_major is None:
-    seq_major = jax.default_backend() == 'gpu' and max(q_len, k_len) <= SHORT_SEQ
+    seq_major = jax.default_backend() == 'gpu' and is_short(q_len, k_len)
   cfg = Config(sm_scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
                q_len=q_len, k_len=k_len,
                interpret=jax.default_backend() == 'cpu' if interpret is None else bool(interpret),

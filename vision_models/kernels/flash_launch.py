@@ -31,6 +31,15 @@ SHORT_SEQ = 256
 GPU_LAUNCH_SHORT = {'fwd': Launch(128, 64, 8, 3), 'dkv': Launch(128, 128, 8, 3), 'dq': Launch(128, 64, 4, 3)}
 
 
+def is_short(q_len: int, k_len: int) -> bool:
+  """Whether a GPU call takes `GPU_LAUNCH_SHORT` and the seq-major layout (both chosen at ViT's 197 tokens)."""
+  return max(q_len, k_len) <= SHORT_SEQ
+
+
+def gpu_table(q_len: int, k_len: int) -> dict[str, Launch]:
+  return GPU_LAUNCH_SHORT if is_short(q_len, k_len) else GPU_LAUNCH
+
+
 def next_pow2(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
@@ -62,8 +71,7 @@ def launches(launch: dict[str, Launch] | None, block_q: int | None, block_k: int
     raise ConfigError(f'launch has unknown kernels {sorted(unknown)}; the kernels are {", ".join(KERNELS)}')
   defaults = {}
   if jax.default_backend() == 'gpu':
-    table = GPU_LAUNCH_SHORT if max(q_len, k_len) <= SHORT_SEQ else GPU_LAUNCH
-    defaults = {name: _gpu_default(tile, row_bytes) for name, tile in table.items()}
+    defaults = {name: _gpu_default(tile, row_bytes) for name, tile in gpu_table(q_len, k_len).items()}
   out = {}
   for name in KERNELS:
     tile = (launch or {}).get(name) or defaults.get(name) or Launch()
