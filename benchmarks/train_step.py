@@ -10,6 +10,9 @@ with the ratio ours / timm. `--min-ratio R` exits 1 when the ratio is below R, s
 not save) and also reports the peak memory of the same step compiled without it (`peak_bytes_without_remat`).
 `--pp-device SPEC` (e.g. 'randaugment(2, 15)|flip_lr|value_range(-1, 1)', as `config.data.pp_device`) also times the
 step fed uint8 images that it augments itself, and prints what the augmentation adds to the step.
+`--matmul-rate N` also times one [N, N] · [N, N] product in each library (XLA for ours, PyTorch for timm) among the
+steps and reports each step's matrix-product FLOP rate as a fraction of it (`matmul_fraction`): on the CPU, where no
+peak is known, how close a step runs to what the machine's products reach.
 With --against-timm the two steps are timed alternately (ours, timm, ours, ...), so a change in the machine's load
 during the run weighs on both sides of the ratio alike.
 """
@@ -86,6 +89,7 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
     counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx,
                                     optax.constant_schedule(1e-4), mesh, shardings)
   flops = perf.step_flops(counted, state, batch, key)
+  product_flops = perf.jaxpr_flops(counted.trace(state, batch, key).jaxpr)
   memory = compiled_memory(step, state, batch, key)
   if args.remat:  # What rematerialisation saves: the same step compiled without it.
     plain = models.create(args.model, num_classes=1000, **{**kwargs, 'remat': False})
@@ -102,7 +106,8 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   return {'impl': 'vision_models', 'model': args.model, 'batch': args.batch, 'resolution': args.resolution,
           'dtype': args.dtype, 'remat': args.remat, 'mlp': args.mlp, 'pp_device': pp_device,
           'device': jax.devices()[0].device_kind, 'devices': jax.device_count(), 'model_flops_per_step': flops,
-          **memory, 'params': models.param_count(nn.unbox(holder[0].params))}, run
+          'matmul_flops_per_step': product_flops, **memory,
+          'params': models.param_count(nn.unbox(holder[0].params))}, run
 
 
 def compiled_memory(step, *args) -> dict:
@@ -114,6 +119,27 @@ def compiled_memory(step, *args) -> dict:
   return {'temp_bytes': memory.temp_size_in_bytes,
           'peak_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                          + memory.temp_size_in_bytes)}
+
+
+def xla_product(size: int, dtype: str):
+  """A function running one jitted [size, size] · [size, size] product in `dtype`, and its FLOPs."""
+  x = jnp.ones((size, size), dtype)
+  product = jax.jit(jnp.matmul)
+  return lambda: jax.block_until_ready(product(x, x)), 2.0 * size ** 3
+
+
+def torch_product(size: int, dtype: str):
+  """The same product in PyTorch, on the device timm's step uses."""
+  import torch
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  x = torch.ones(size, size, dtype=getattr(torch, dtype), device=device)
+
+  def run():
+    torch.matmul(x, x)
+    if device == 'cuda':
+      torch.cuda.synchronize()
+
+  return run, 2.0 * size ** 3
 
 
 def timm_step(args) -> tuple[dict, object]:
@@ -142,11 +168,18 @@ def timm_step(args) -> tuple[dict, object]:
           'dtype': args.dtype, 'device': device, 'torch_threads': torch.get_num_threads()}, run
 
 
-def with_timing(info: dict, times: list[float], batch: int) -> dict:
+def with_timing(info: dict, times: list[float], batch: int, product: tuple[list[float], float] | None = None,
+                product_flops_per_step: float | None = None) -> dict:
+  """`info` with the median step time and throughput, MFU where the device's peak is known and, given the times and
+  FLOPs of the reference product run among the steps, the step's matrix-product FLOP rate as a fraction of it."""
   median = statistics.median(times)
   info = {**info, 'step_seconds': median, 'examples_per_sec': batch / median}
   if 'model_flops_per_step' in info:
     info['mfu'] = perf.mfu(info['model_flops_per_step'], median, perf.device_peak_flops(), jax.device_count())
+  if product:
+    product_times, flops = product
+    rate = flops / statistics.median(product_times)
+    info.update(matmul_flops_per_sec=rate, matmul_fraction=product_flops_per_step / median / rate)
   return info
 
 
@@ -166,13 +199,28 @@ def main(argv=None) -> int:
   parser.add_argument('--against-timm', action='store_true')
   parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
   parser.add_argument('--pp-device', default=None, help='also time the step augmenting uint8 images with this spec')
+  parser.add_argument('--matmul-rate', type=int, default=None, metavar='N',
+                      help="also time an [N, N] product in each side's library and report the steps' product FLOP "
+                           'rates as a fraction of it')
   args = parser.parse_args(argv)
   if args.against_timm and args.model not in TIMM_NAMES:
     parser.error(f'no timm counterpart for {args.model}; known: {", ".join(sorted(TIMM_NAMES))}')
+  if args.batch % jax.device_count():  # our step splits the batch over every device
+    parser.error(f'--batch {args.batch} is not divisible by the {jax.device_count()} devices; use a multiple of '
+                 f'{jax.device_count()}')
   sides = [ours(args)] + ([ours(args, args.pp_device)] if args.pp_device else [])
   sides += [timm_step(args)] if args.against_timm else []
-  times = time_steps([run for _, run in sides], args.steps, args.warmup)
-  result, *others = [with_timing(info, spent, args.batch) for (info, _), spent in zip(sides, times)]
+  products = {}  # one reference product per library, timed among the steps: XLA's for ours, PyTorch's for timm
+  if args.matmul_rate:
+    products['vision_models'] = xla_product(args.matmul_rate, args.dtype)
+    if args.against_timm:
+      products['timm'] = torch_product(args.matmul_rate, args.dtype)
+  times = time_steps([run for _, run in sides] + [run for run, _ in products.values()], args.steps, args.warmup)
+  product_times = dict(zip(products, times[len(sides):]))
+  product_flops = sides[0][0]['matmul_flops_per_step']  # timm's too: the same architecture
+  result, *others = [
+      with_timing(info, spent, args.batch, products and (product_times[info['impl']], products[info['impl']][1]),
+                  product_flops) for (info, _), spent in zip(sides, times)]
   print(json.dumps(result), flush=True)
   if args.pp_device:
     augmented = others.pop(0)

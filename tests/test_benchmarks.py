@@ -23,6 +23,24 @@ def test_train_step_prints_one_json_line(capsys):
   assert line['examples_per_sec'] > 0 and line['model_flops_per_step'] > 0
 
 
+def test_train_step_against_timm_with_reference_products_and_a_bar(capsys):
+  args = ['--model', 'vit_ti16', '--batch', '8', '--steps', '1', '--warmup', '0', '--against-timm',
+          '--matmul-rate', '64']
+  assert train_step.main(args + ['--min-ratio', '1e9']) == 1  # the bar can fail
+  ours, timm, ratio = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-3:]]
+  assert (ours['impl'], timm['impl'], timm['model']) == ('vision_models', 'timm', 'vit_tiny_patch16_224')
+  assert ratio['ours_over_timm'] == pytest.approx(ours['examples_per_sec'] / timm['examples_per_sec'])
+  # ViT-Ti/16's multiply-adds per image: 12 blocks of qkv, q·k, weights·v, projection and MLP; patches and head.
+  block = 197 * 192 * 3 * 192 + 2 * 197 * 197 * 192 + 197 * 192 * 192 + 2 * 197 * 192 * 768
+  forward = 2 * (12 * block + 196 * 768 * 192 + 192 * 1000)
+  # Backward: two products per forward one, as traced (the images' gradient included, which XLA then drops).
+  assert ours['matmul_flops_per_step'] == pytest.approx(8 * 3 * forward, rel=1e-4)
+  for side in (ours, timm):
+    assert side['matmul_flops_per_sec'] > 0
+    assert side['matmul_fraction'] == pytest.approx(
+        ours['matmul_flops_per_step'] / side['step_seconds'] / side['matmul_flops_per_sec'])
+
+
 def test_train_step_reports_peak_memory_with_and_without_remat(capsys):
   # 224 px: with 8 devices, each holding one image, smaller inputs leave the optimizer's buffers as the peak.
   args = ['--model', 'vit_ti16', '--resolution', '224', '--steps', '1', '--warmup', '0']
@@ -33,6 +51,12 @@ def test_train_step_reports_peak_memory_with_and_without_remat(capsys):
   assert remat['remat'] == 'dots_with_no_batch_dims_saveable' and 'peak_bytes_without_remat' not in plain
   assert remat['peak_bytes_without_remat'] == plain['peak_bytes'] > plain['temp_bytes'] > 0
   assert remat['peak_bytes'] < plain['peak_bytes'] and remat['temp_bytes'] < plain['temp_bytes']
+
+
+def test_train_step_refuses_a_batch_the_devices_cannot_split(capsys):
+  with pytest.raises(SystemExit):
+    train_step.main(['--model', 'vit_ti16', '--batch', '3'])
+  assert 'not divisible by the 8 devices' in capsys.readouterr().err
 
 
 def test_train_step_builds_the_named_channel_mixer(capsys):
