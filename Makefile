@@ -42,7 +42,7 @@ gpu-check:
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
-	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm || exit 1; done
+	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --matmul-rate 8192 || exit 1; done
 
 clean:
 	rm -rf $(VENV) workdirs
