@@ -218,9 +218,9 @@ def main(argv=None) -> int:
   times = time_steps([run for _, run in sides] + [run for run, _ in products.values()], args.steps, args.warmup)
   product_times = dict(zip(products, times[len(sides):]))
   product_flops = sides[0][0]['matmul_flops_per_step']  # timm's too: the same architecture
-  result, *others = [
-      with_timing(info, spent, args.batch, products and (product_times[info['impl']], products[info['impl']][1]),
-                  product_flops) for (info, _), spent in zip(sides, times)]
+  product_of = lambda impl: (product_times[impl], products[impl][1]) if products else None
+  result, *others = [with_timing(info, spent, args.batch, product_of(info['impl']), product_flops)
+                     for (info, _), spent in zip(sides, times)]
   print(json.dumps(result), flush=True)
   if args.pp_device:
     augmented = others.pop(0)
