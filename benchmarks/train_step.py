@@ -89,7 +89,9 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
     counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx,
                                     optax.constant_schedule(1e-4), mesh, shardings)
   flops = perf.step_flops(counted, state, batch, key)
-  product_flops = perf.jaxpr_flops(counted.trace(state, batch, key).jaxpr)
+  products = {}  # the step's products alone, for its share of the reference product's rate
+  if args.matmul_rate:
+    products['matmul_flops_per_step'] = perf.jaxpr_flops(counted.trace(state, batch, key).jaxpr)
   memory = compiled_memory(step, state, batch, key)
   if args.remat:  # What rematerialisation saves: the same step compiled without it.
     plain = models.create(args.model, num_classes=1000, **{**kwargs, 'remat': False})
@@ -106,8 +108,7 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   return {'impl': 'vision_models', 'model': args.model, 'batch': args.batch, 'resolution': args.resolution,
           'dtype': args.dtype, 'remat': args.remat, 'mlp': args.mlp, 'pp_device': pp_device,
           'device': jax.devices()[0].device_kind, 'devices': jax.device_count(), 'model_flops_per_step': flops,
-          'matmul_flops_per_step': product_flops, **memory,
-          'params': models.param_count(nn.unbox(holder[0].params))}, run
+          **products, **memory, 'params': models.param_count(nn.unbox(holder[0].params))}, run
 
 
 def compiled_memory(step, *args) -> dict:
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
       products['timm'] = torch_product(args.matmul_rate, args.dtype)
   times = time_steps([run for _, run in sides] + [run for run, _ in products.values()], args.steps, args.warmup)
   product_times = dict(zip(products, times[len(sides):]))
-  product_flops = sides[0][0]['matmul_flops_per_step']  # timm's too: the same architecture
+  product_flops = sides[0][0].get('matmul_flops_per_step')  # timm's too: the same architecture
   product_of = lambda impl: (product_times[impl], products[impl][1]) if products else None
   result, *others = [with_timing(info, spent, args.batch, product_of(info['impl']), product_flops)
                      for (info, _), spent in zip(sides, times)]
