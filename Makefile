@@ -2,6 +2,8 @@
 # make test:  the same environment + the test extra (torch, timm for parity) + the whole test suite.
 # make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): the GPU-only tests,
 #             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm).
+# make gpu-hlo: without a GPU, the ViT-B/16 step compiled for an H100 and its memory traffic by kind of op
+#             (benchmarks/gpu_hlo.py; JAX's CUDA plugin goes to .gpu-hlo/, outside the venv, which it would slow).
 SHELL := /bin/bash
 VENV ?= .venv
 WORKDIR ?= workdirs/quickstart
@@ -14,7 +16,7 @@ PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 python3 $$HOME/.pyen
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
   && { command -v $$p; break; }; done)
 
-.PHONY: train test venv clean gpu-check
+.PHONY: train test venv clean gpu-check gpu-hlo
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (jax >= 0.11 needs it); install one (e.g. 'pyenv install 3.12') or run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
@@ -44,5 +46,11 @@ gpu-check:
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
 	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --matmul-rate 8192 || exit 1; done
 
+gpu-hlo: $(VENV)/.installed-test
+	JAX=$$($(VENV)/bin/python -c 'import jax; print(jax.__version__)'); test -d .gpu-hlo/jax_plugins || \
+	  $(VENV)/bin/pip install -q --no-deps --target .gpu-hlo "jax-cuda13-plugin==$$JAX" "jax-cuda13-pjrt==$$JAX"
+	PYTHONPATH=.gpu-hlo JAX_PLATFORMS=cpu $(VENV)/bin/python -m benchmarks.gpu_hlo --model vit_b16 --batch 256 \
+	  --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn --top 10
+
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) workdirs .gpu-hlo

@@ -58,9 +58,8 @@ def time_steps(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
   return times
 
 
-def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
-  """Our train step: its description (FLOPs, memory, parameters) and a function running one step. With
-  `pp_device` the batch is uint8 and the step augments it first."""
+def model_kwargs(args) -> dict:
+  """The keyword arguments of `models.create` that the command line sets (dtype, remat, attention, MLP)."""
   kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
   if args.remat:
     kwargs['remat'] = args.remat
@@ -68,6 +67,13 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
     kwargs['attn_impl'] = args.attn_impl
   if args.mlp:
     kwargs['mlp'] = args.mlp
+  return kwargs
+
+
+def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
+  """Our train step: its description (FLOPs, memory, parameters) and a function running one step. With
+  `pp_device` the batch is uint8 and the step augments it first."""
+  kwargs = model_kwargs(args)
   model = models.create(args.model, num_classes=1000, **kwargs)
   mesh = parallel.make_mesh(dict(data=-1))
   tx = optax.adamw(1e-4, weight_decay=0.05)

@@ -1,0 +1,55 @@
+"""benchmarks/gpu_hlo.py: the bytes of a compiled step's ops, read from XLA's optimised HLO (for the CPU here; for an
+H100 where JAX's CUDA plugin is installed, otherwise the error that says how to get it)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import gpu_hlo
+from vision_models.errors import ConfigError
+
+
+def test_array_bytes_of_arrays_and_tuples():
+  assert gpu_hlo.array_bytes('bf16[256,197,768]{2,1,0}') == 2 * 256 * 197 * 768
+  assert gpu_hlo.array_bytes('(f32[128,768]{1,0}, pred[3], s32[])') == 4 * 128 * 768 + 3 + 4
+
+
+def test_traffic_counts_what_each_fusion_reads_and_writes():
+  x = jnp.ones((512, 1024), jnp.float32)
+  hlo = jax.jit(lambda x, y: (jnp.sin(x) * 2 + y, jnp.sum(x, axis=1))).lower(x, x).compile().as_text()
+  ops = gpu_hlo.traffic(hlo)
+  assert ops and all(op['kind'] in ('fusions', 'copies') for op in ops)
+  # However XLA groups the two outputs, they read both inputs at least once and write 2 MiB + 2 KiB.
+  assert sum(op['written'] for op in ops) == 4 * 512 * 1024 + 4 * 512
+  assert sum(op['read'] for op in ops) >= 2 * 4 * 512 * 1024
+  rows, totals = gpu_hlo.summary(ops, bandwidth=1e9)
+  assert sum(row['bytes'] for row in rows) == totals['total_bytes'] == totals['memory_bound_bytes']
+  assert totals['memory_bound_ms'] == pytest.approx(totals['memory_bound_bytes'] / 1e9 * 1e3)
+
+
+def test_cpu_target_prints_kinds_and_a_summary(capsys):
+  args = ['--model', 'vit_ti16', '--batch', '8', '--resolution', '32', '--dtype', 'float32', '--target', 'cpu',
+          '--bandwidth', '1e10', '--top', '3']
+  assert gpu_hlo.main(args) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  kinds, top, totals = [x for x in lines if 'kind' in x and 'name' not in x], lines[-4:-1], lines[-1]
+  assert {row['kind'] for row in kinds} >= {'fusions'}
+  assert [op['read'] + op['written'] for op in top] == sorted((op['read'] + op['written'] for op in top), reverse=True)
+  assert totals['total_bytes'] == sum(row['bytes'] for row in kinds) > totals['memory_bound_bytes'] > 0
+  assert totals['temp_bytes'] > 0
+
+
+def test_h100_target_fuses_the_tanh_gelu_into_cublas_or_names_the_plugin_it_needs(capsys):
+  try:
+    gpu_hlo.gpu_devices('h100')
+  except ConfigError as error:
+    assert 'jax-cuda13-plugin' in str(error) and '--target cpu' in str(error)
+    return
+  args = ['--model', 'vit_ti16', '--batch', '8', '--resolution', '64', '--mlp', 'mlp_tanh', '--attn-impl', 'xla']
+  assert gpu_hlo.main(args) == 0
+  totals = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  # Every block's fc1 carries bias + GELU in its epilogue, keeping the pre-activation for the backward pass; every
+  # qkv, out and fc2 product its bias.
+  assert totals['epilogues']['BIAS_GELU_AUX'] == 12
+  assert totals['epilogues']['BIAS'] >= 3 * 12
