@@ -197,11 +197,15 @@ class Attention(nn.Module):
       if self.qkv_bias:
         qkv_biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
     # One matmul for the three projections (faster on the GPU, benchmarks/RESULTS.md); the parameters stay separate,
-    # as in the checkpoints.
-    qkv = jnp.einsum('...d,dthk->...thk', x, jnp.stack(qkv_kernels, axis=1), _dot_general=cpu_dot.dot_general)
+    # as in the checkpoints. Its columns are ordered (head, q/k/v, head_dim) so that heads split across devices stay
+    # whole blocks, and the bias is added to the flat columns: added to the [..., heads, 3, head_dim] view, XLA:GPU
+    # wrote the broadcast bias out in full for cuBLAS to add as a matrix.
+    kernel = jnp.stack(qkv_kernels, axis=2)
+    qkv = _matmul(x, kernel.reshape(dim, -1))
     if self.qkv_bias:
-      qkv = qkv + jnp.stack(qkv_biases)
-    q, k, v = (qkv[..., i, :, :] for i in range(3))
+      qkv = qkv + jnp.stack(qkv_biases, axis=1).reshape(-1)
+    qkv = qkv.reshape(*qkv.shape[:-1], self.num_heads, 3, head_dim)
+    q, k, v = (qkv[..., i, :] for i in range(3))
     if self.qk_norm:
       q, k = qk_norm(self.qk_norm, self.dtype, 'q_norm')(q), qk_norm(self.qk_norm, self.dtype, 'k_norm')(k)
     out = self.attend(q, k, v, bias)
