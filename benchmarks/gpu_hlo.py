@@ -7,7 +7,7 @@ reads and writes. XLA's own fusions and copies are memory-bound, so their bytes 
 time from below: the H100 profiles put these passes at about 28 ms of ViT-B/16's step where this count gives 21 ms
 (the largest fusions ran at 2.9-3.0 of the 3.35 TB/s, small ones slower). A change meant to save elementwise passes can
 so be measured before a GPU is at hand; the compiled temporaries matched the device's to 0.1% (21.32 against 21.33
-GB). `--target cpu` reads the step compiled for this machine's CPU instead. Prints JSON lines: one per kind of op
+GB). `--target cpu` reads the step compiled for this machine's CPU instead; `--xla NAME=VALUE` weighs a compiler option. Prints JSON lines: one per kind of op
 (`products`: cuBLAS and generated products, cuDNN convolutions; `kernels`: Pallas and cuDNN attention; `fusions`;
 `copies`), `--top N` of the largest ops, and a summary with the fusions' and copies' time at the bandwidth and the
 cuBLAS epilogues XLA fused (`BIAS`, `BIAS_GELU_AUX`, ...).
@@ -144,6 +144,19 @@ def gpu_devices(target: str) -> list:
                       'JAX_PLATFORMS=cpu on a machine without a GPU), or use --target cpu') from error
 
 
+def xla_option(text: str) -> tuple[str, object]:
+  """`name=value` -> (name, value) with true / false / numbers as such."""
+  name, sep, value = text.partition('=')
+  if not sep or not name.startswith('xla_'):
+    raise argparse.ArgumentTypeError(f'{text!r} is not an XLA option NAME=VALUE (e.g. xla_gpu_enable_cublaslt=true)')
+  if value.lower() in ('true', 'false'):
+    return name, value.lower() == 'true'
+  try:
+    return name, int(value)
+  except ValueError:
+    return name, value
+
+
 def compile_step(args, devices: list) -> tuple[str, object]:
   """Our train step compiled for `args.target` on `devices`: the optimised HLO text and the compiled executable."""
   backend = 'cpu' if args.target == 'cpu' else 'gpu'
@@ -161,7 +174,7 @@ def compile_step(args, devices: list) -> tuple[str, object]:
     batch = {'image': jax.ShapeDtypeStruct((args.batch, *shape), jnp.float32, sharding=batch_sharding),
              'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32, sharding=batch_sharding)}
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parallel.replicated(mesh))
-    options = {} if backend == 'cpu' else {'xla_gpu_enable_triton_gemm': False}
+    options = ({} if backend == 'cpu' else {'xla_gpu_enable_triton_gemm': False}) | dict(args.xla or [])
     compiled = step.lower(state, batch, key).compile(compiler_options=options)
   return compiled.as_text(), compiled
 
@@ -180,6 +193,8 @@ def main(argv=None) -> int:
                       help='memory bandwidth in bytes per second (default: the target GPU\'s; needed for cpu)')
   parser.add_argument('--top', type=int, default=0, help='also print the N ops moving the most bytes')
   parser.add_argument('--hlo-out', default=None, help='write the optimised HLO text to this file')
+  parser.add_argument('--xla', action='append', type=xla_option, metavar='NAME=VALUE',
+                      help='an XLA compiler option for this compile (repeatable), e.g. xla_gpu_enable_cublaslt=true')
   args = parser.parse_args(argv)
   bandwidth = args.bandwidth or TARGETS.get(args.target, {}).get('bandwidth')
   if bandwidth is None:

@@ -1,5 +1,6 @@
 """benchmarks/gpu_hlo.py: the bytes of a compiled step's ops, read from XLA's optimised HLO, for this CPU and for an
 H100 (with JAX's CUDA plugin, which `make test` puts in .gpu-hlo/; without it, the error says how to get it)."""
+import argparse
 import json
 import os
 import pathlib
@@ -32,9 +33,18 @@ def test_traffic_counts_what_each_fusion_reads_and_writes():
   assert totals['memory_bound_ms'] == pytest.approx(totals['memory_bound_bytes'] / 1e9 * 1e3)
 
 
+def test_xla_options_parse_booleans_and_numbers_and_refuse_other_text():
+  assert gpu_hlo.xla_option('xla_gpu_enable_cublaslt=True') == ('xla_gpu_enable_cublaslt', True)
+  assert gpu_hlo.xla_option('xla_backend_optimization_level=1') == ('xla_backend_optimization_level', 1)
+  assert gpu_hlo.xla_option('xla_gpu_cuda_data_dir=/usr/local/cuda') == ('xla_gpu_cuda_data_dir', '/usr/local/cuda')
+  for bad in ('xla_gpu_enable_cublaslt', 'enable_cublaslt=true'):
+    with pytest.raises(argparse.ArgumentTypeError, match='NAME=VALUE'):
+      gpu_hlo.xla_option(bad)
+
+
 def test_cpu_target_prints_kinds_and_a_summary(capsys):
   args = ['--model', 'vit_ti16', '--batch', '8', '--resolution', '32', '--dtype', 'float32', '--target', 'cpu',
-          '--bandwidth', '1e10', '--top', '3']
+          '--bandwidth', '1e10', '--top', '3', '--xla', 'xla_backend_optimization_level=1']
   assert gpu_hlo.main(args) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
   kinds, top, totals = [x for x in lines if 'kind' in x and 'name' not in x], lines[-4:-1], lines[-1]
