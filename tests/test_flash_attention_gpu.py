@@ -4,12 +4,14 @@ MaxViT and relative-position models use, causal masks, lengths no tile divides a
 launches' shared-memory fallback. Lengths up to `SHORT_SEQ` run seq-major with `GPU_LAUNCH_SHORT`, longer ones
 head-major. Passed on an H100 on 2026-11-23 (bf16 errors ~2.5e-3, float32 with TF32 ~3e-4) and on 2026-11-24 with
 every case seq-major (jax 0.11.2, so with padded sequences). The in-place path jax 0.12 takes (blocks past the end
-masked by the lowering) has run only in interpret mode, which fills those blocks with NaN."""
+masked by the lowering) has run only in interpret mode, which fills those blocks with NaN. The cuDNN dispatch of
+`kernels.attention` (its sequence padding included) is checked against the same reference in bfloat16."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vision_models import kernels
 from vision_models.kernels import flash_attention, reference_attention
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='Triton kernels need a GPU')
@@ -26,8 +28,8 @@ CASES = [  # batch, q_len, k_len, heads, head_dim, causal, bias shape, dtype
 ]
 
 
-@pytest.mark.parametrize('case', CASES, ids=str)
-def test_triton_kernels_match_reference(case):
+def assert_matches_reference(attend, case):
+  """Output and q, k, v (and bias) gradients of `attend(q, k, v, bias, causal)` against the float32 reference."""
   batch, q_len, k_len, heads, head_dim, causal, bias_shape, dtype = case
   rng = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32), dtype)  # noqa: E731
@@ -39,11 +41,22 @@ def test_triton_kernels_match_reference(case):
     out, vjp = jax.vjp(lambda q, k, v, *bias: attend(q, k, v, *bias), *args)
     return (out,) + vjp(do.astype(out.dtype))
 
-  ours = jax.jit(lambda *a: grads(lambda q, k, v, *b: flash_attention(
-      q, k, v, bias=b[0] if b else None, causal=causal), *a))(*args)
+  ours = jax.jit(lambda *a: grads(lambda q, k, v, *b: attend(q, k, v, b[0] if b else None, causal), *a))(*args)
   expected = jax.jit(lambda *a: grads(lambda q, k, v, *b: reference_attention(
       q, k, v, b[0] if b else None, causal=causal), *a))(*[x.astype(jnp.float32) for x in args])
   tolerance = 1e-2 if dtype == 'bfloat16' else 2e-3  # bf16 inputs; float32 dots run as TF32 on the matrix units
   for got, want in zip(ours, expected):
     error = jnp.linalg.norm(got.astype(jnp.float32) - want) / jnp.linalg.norm(want)
     assert np.isfinite(float(error)) and float(error) < tolerance
+
+
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_triton_kernels_match_reference(case):
+  assert_matches_reference(lambda q, k, v, bias, causal: flash_attention(q, k, v, bias=bias, causal=causal), case)
+
+
+@pytest.mark.parametrize('case', [c for c in CASES if c[-1] == 'bfloat16'], ids=str)
+def test_cudnn_path_matches_reference(case):
+  # kernels.attention's cuDNN dispatch: lengths padded to `_CUDNN_MULTIPLE` with the true lengths passed on.
+  assert_matches_reference(
+      lambda q, k, v, bias, causal: kernels.attention(q, k, v, bias, impl='cudnn', causal=causal), case)
