@@ -198,8 +198,8 @@ class Attention(nn.Module):
         qkv_biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
     # One matmul for the three projections (faster on the GPU, benchmarks/RESULTS.md); the parameters stay separate,
     # as in the checkpoints. Its columns are ordered (head, q/k/v, head_dim) so that heads split across devices stay
-    # whole blocks, and the bias is added to the flat columns: added to the [..., heads, 3, head_dim] view, XLA:GPU
-    # wrote the broadcast bias out in full for cuBLAS to add as a matrix.
+    # whole blocks, and the bias is added to the flat columns: added to a [..., 3, heads, head_dim] view, which does
+    # not line up with the product's columns, it was written out in full for cuBLAS to add as a matrix (XLA:GPU).
     kernel = jnp.stack(qkv_kernels, axis=2)
     qkv = _matmul(x, kernel.reshape(dim, -1))
     if self.qkv_bias:
