@@ -181,13 +181,7 @@ def compile_step(args, devices: list) -> tuple[str, object]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='vit_b16')
-  parser.add_argument('--batch', type=int, default=256)
-  parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='bfloat16')
-  parser.add_argument('--remat', nargs='?', const=True, default=False, metavar='POLICY')
-  parser.add_argument('--attn-impl', default=None)
-  parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
+  train_step.add_model_arguments(parser, model='vit_b16', batch=256, dtype='bfloat16')
   parser.add_argument('--target', choices=['cpu', *TARGETS], default='h100')
   parser.add_argument('--bandwidth', type=float, default=None,
                       help='memory bandwidth in bytes per second (default: the target GPU\'s; needed for cpu)')

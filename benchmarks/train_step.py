@@ -58,6 +58,19 @@ def time_steps(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
   return times
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int, dtype: str) -> None:
+  """The flags that pick the model and its step: --model, --batch, --resolution, --dtype, --remat, --attn-impl, --mlp
+  (read back by `model_kwargs`), with these defaults."""
+  parser.add_argument('--model', default=model)
+  parser.add_argument('--batch', type=int, default=batch)
+  parser.add_argument('--resolution', type=int, default=224)
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default=dtype)
+  parser.add_argument('--remat', nargs='?', const=True, default=False, metavar='POLICY',
+                      help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name)')
+  parser.add_argument('--attn-impl', default=None)
+  parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
+
+
 def model_kwargs(args) -> dict:
   """The keyword arguments of `models.create` that the command line sets (dtype, remat, attention, MLP)."""
   kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
@@ -192,17 +205,9 @@ def with_timing(info: dict, times: list[float], batch: int, product: tuple[list[
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='vit_s16')
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  add_model_arguments(parser, model='vit_s16', batch=8, dtype='float32')  # --remat also reports the memory without
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--remat', nargs='?', const=True, default=False, metavar='POLICY',
-                      help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name); '
-                           'also reports the peak memory without it')
-  parser.add_argument('--attn-impl', default=None)
-  parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
   parser.add_argument('--against-timm', action='store_true')
   parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
   parser.add_argument('--pp-device', default=None, help='also time the step augmenting uint8 images with this spec')
