@@ -14,7 +14,7 @@ import pytest
 from vision_models import kernels
 from vision_models.kernels import flash_attention, reference_attention
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='Triton kernels need a GPU')
+pytestmark = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='the Triton and cuDNN kernels need a GPU')
 
 CASES = [  # batch, q_len, k_len, heads, head_dim, causal, bias shape, dtype
     (2, 197, 197, 4, 64, False, (1, 4, 197, 197), 'bfloat16'),
