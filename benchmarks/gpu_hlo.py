@@ -7,10 +7,10 @@ reads and writes. XLA's own fusions and copies are memory-bound, so their bytes 
 time from below: the H100 profiles put these passes at about 28 ms of ViT-B/16's step where this count gives 21 ms
 (the largest fusions ran at 2.9-3.0 of the 3.35 TB/s, small ones slower). A change meant to save elementwise passes can
 so be measured before a GPU is at hand; the compiled temporaries matched the device's to 0.1% (21.32 against 21.33
-GB). `--target cpu` reads the step compiled for this machine's CPU instead; `--xla NAME=VALUE` weighs a compiler option. Prints JSON lines: one per kind of op
-(`products`: cuBLAS and generated products, cuDNN convolutions; `kernels`: Pallas and cuDNN attention; `fusions`;
-`copies`), `--top N` of the largest ops, and a summary with the fusions' and copies' time at the bandwidth and the
-cuBLAS epilogues XLA fused (`BIAS`, `BIAS_GELU_AUX`, ...).
+GB). `--target cpu` reads the step compiled for this machine's CPU instead; `--xla NAME=VALUE` weighs a compiler
+option. Prints JSON lines: one per kind of op (`products`: cuBLAS and generated products, cuDNN convolutions;
+`kernels`: Pallas and cuDNN attention; `fusions`; `copies`), `--top N` of the largest ops, and a summary with the
+fusions' and copies' time at the bandwidth and the cuBLAS epilogues XLA fused (`BIAS`, `BIAS_GELU_AUX`, ...).
 
 Without a device XLA does not autotune, so the products are cuBLAS's (`xla_gpu_enable_triton_gemm=False`, what the
 H100 profiles found autotuning picked) and their kernels' speed is not measured: FLOPs and products are the business
@@ -33,7 +33,7 @@ from vision_models import models, parallel
 from vision_models.errors import ConfigError
 from vision_models.training import state as state_lib, steps
 
-# GpuTargetConfigProto fields of the GPUs we measure on (NVIDIA's data sheets; the versions those machines had).
+# GpuTargetConfigProto text of the GPUs we measure on (NVIDIA's data sheets; CUDA 13 as JAX's cuda13 wheels).
 TARGETS = {
     'h100': {
         'bandwidth': 3.35e12,
