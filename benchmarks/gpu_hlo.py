@@ -1,16 +1,17 @@
 """Where a compiled train step's memory traffic goes, read from XLA's optimised HLO, for a GPU on a machine without one.
 
 `python -m benchmarks.gpu_hlo --model vit_b16 --batch 256 --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn` compiles
-our train step for an H100 SXM through JAX's deviceless ahead-of-time path (`jax.experimental.topologies` with a GPU
-target description; it needs JAX's CUDA plugin, not a GPU) and sums the bytes each top-level op of the compiled step
-reads and writes. XLA's own fusions and copies are memory-bound, so their bytes over the memory bandwidth bound their
-time from below: the H100 profiles put these passes at about 28 ms of ViT-B/16's step where this count gives 21 ms
-(the largest fusions ran at 2.9-3.0 of the 3.35 TB/s, small ones slower). A change meant to save elementwise passes can
-so be measured before a GPU is at hand; the compiled temporaries matched the device's to 0.1% (21.32 against 21.33
-GB). `--target cpu` reads the step compiled for this machine's CPU instead; `--xla NAME=VALUE` weighs a compiler
-option. Prints JSON lines: one per kind of op (`products`: cuBLAS and generated products, cuDNN convolutions;
-`kernels`: Pallas and cuDNN attention; `fusions`; `copies`), `--top N` of the largest ops, and a summary with the
-fusions' and copies' time at the bandwidth and the cuBLAS epilogues XLA fused (`BIAS`, `BIAS_GELU_AUX`, ...).
+our train step for an H100 SXM (`--target h200`: an H200) through JAX's deviceless ahead-of-time path
+(`jax.experimental.topologies` with a GPU target description; it needs JAX's CUDA plugin, not a GPU) and sums the bytes
+each top-level op of the compiled step reads and writes. XLA's own fusions and copies are memory-bound, so their bytes
+over the memory bandwidth bound their time from below: the H100 profiles put these passes at about 28 ms of ViT-B/16's
+step where this count gives 21 ms (the largest fusions ran at 2.9-3.0 of the 3.35 TB/s, small ones slower). A change
+meant to save elementwise passes can so be measured before a GPU is at hand; the compiled temporaries matched the
+device's to 0.1% (21.32 against 21.33 GB). `--target cpu` reads the step compiled for this machine's CPU instead;
+`--xla NAME=VALUE` weighs a compiler option. Prints JSON lines: one per kind of op (`products`: cuBLAS and generated
+products, cuDNN convolutions; `kernels`: Pallas and cuDNN attention; `fusions`; `copies`), `--top N` of the largest ops,
+and a summary with the fusions' and copies' time at the bandwidth and the cuBLAS epilogues XLA fused (`BIAS`,
+`BIAS_GELU_AUX`, ...).
 
 Without a device XLA does not autotune, so the products are cuBLAS's (`xla_gpu_enable_triton_gemm=False`, what the
 H100 profiles found autotuning picked) and their kernels' speed is not measured: FLOPs and products are the business
@@ -33,24 +34,26 @@ from vision_models import models, parallel
 from vision_models.errors import ConfigError
 from vision_models.training import state as state_lib, steps
 
-# GpuTargetConfigProto text of the GPUs we measure on (NVIDIA's data sheets; CUDA 13 as JAX's cuda13 wheels).
-TARGETS = {
-    'h100': {
-        'bandwidth': 3.35e12,
-        'config': """gpu_device_info {
+# GpuTargetConfigProto text of the GPUs the device machines lend (NVIDIA's data sheets: the H200 is an H100 with
+# 141 GB at 4.8 TB/s; CUDA 13 as JAX's cuda13 wheels).
+_HOPPER = """gpu_device_info {{
   threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
   shared_memory_per_core: 233472 shared_memory_per_block_optin: 232448 threads_per_core_limit: 2048
   core_count: 132 fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
-  block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
-  device_memory_size: 84929347584 registers_per_core_limit: 65536 registers_per_block_limit: 65536
-  cuda_compute_capability { major: 9 minor: 0 }
-}
-runtime_version { major: 13 minor: 0 }
-dnn_version_info { major: 9 minor: 10 }
+  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth} l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: {memory} registers_per_core_limit: 65536 registers_per_block_limit: 65536
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+}}
+runtime_version {{ major: 13 minor: 0 }}
+dnn_version_info {{ major: 9 minor: 10 }}
 platform_name: "CUDA"
-device_description_str: "NVIDIA H100 80GB HBM3"
-""",
-    },
+device_description_str: "{name}"
+"""
+TARGETS = {
+    'h100': {'bandwidth': 3.35e12,
+             'config': _HOPPER.format(bandwidth=3352320000000, memory=84929347584, name='NVIDIA H100 80GB HBM3')},
+    'h200': {'bandwidth': 4.8e12,
+             'config': _HOPPER.format(bandwidth=4800000000000, memory=150754820096, name='NVIDIA H200')},
 }
 ELEMENT_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4, 's32': 4, 'u32': 4,
                  'f64': 8, 's64': 8, 'u64': 8}
