@@ -26,13 +26,12 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.experimental import topologies
 
 from benchmarks import train_step
-from vision_models import models, parallel
+from vision_models import parallel
 from vision_models.errors import ConfigError
-from vision_models.training import state as state_lib, steps
+from vision_models.training import state as state_lib
 
 # GpuTargetConfigProto text of the GPUs the device machines lend (NVIDIA's data sheets: the H200 is an H100 with
 # 141 GB at 4.8 TB/s; CUDA 13 as JAX's cuda13 wheels).
@@ -55,9 +54,7 @@ TARGETS = {
     'h200': {'bandwidth': 4.8e12,
              'config': _HOPPER.format(bandwidth=4800000000000, memory=150754820096, name='NVIDIA H200')},
 }
-ELEMENT_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4, 's32': 4, 'u32': 4,
-                 'f64': 8, 's64': 8, 'u64': 8}
-_ARRAY = re.compile(r'\b(pred|bf16|[fsu]\d+)\[([\d,]*)\]')
+_ARRAY = re.compile(r'\b(pred|bf16|[fsu]\d+)\[([\d,]*)\]')  # the element type's bits are in its name (f32, s8)
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z\-]*)\((.*?)\)(, .*)?$')
 _FREE = {'parameter', 'get-tuple-element', 'bitcast', 'tuple', 'constant', 'after-all', 'opt-barrier'}
 
@@ -69,7 +66,8 @@ def array_bytes(shape: str) -> int:
     count = 1
     for dim in filter(None, dims.split(',')):
       count *= int(dim)
-    total += count * ELEMENT_BYTES.get(element, 4)
+    bits = 8 if element == 'pred' else 16 if element == 'bf16' else int(element[1:])
+    total += count * max(1, bits // 8)
   return total
 
 
@@ -165,14 +163,12 @@ def compile_step(args, devices: list) -> tuple[str, object]:
   backend = 'cpu' if args.target == 'cpu' else 'gpu'
   # The models pick their kernels by jax.default_backend(), which is this machine's: make it the target's.
   with mock.patch.object(jax, 'default_backend', lambda: backend):
-    model = models.create(args.model, num_classes=1000, **train_step.model_kwargs(args))
+    model = train_step.create_model(args)
     mesh = parallel.make_mesh(dict(data=-1), devices=devices)
-    tx = optax.adamw(1e-4, weight_decay=0.05)
     shape = (args.resolution, args.resolution, 3)
-    shardings = state_lib.shardings(model, tx, shape, mesh)
-    state = state_lib.abstract(model, tx, shape, shardings)
-    step = steps.make_train_step(steps.classification_loss(model), tx, optax.constant_schedule(1e-4), mesh,
-                                 shardings)
+    shardings = state_lib.shardings(model, train_step.OPTIMIZER, shape, mesh)
+    state = state_lib.abstract(model, train_step.OPTIMIZER, shape, shardings)
+    step = train_step.make_step(model, mesh, shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     batch = {'image': jax.ShapeDtypeStruct((args.batch, *shape), jnp.float32, sharding=batch_sharding),
              'label': jax.ShapeDtypeStruct((args.batch,), jnp.int32, sharding=batch_sharding)}

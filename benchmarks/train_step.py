@@ -83,19 +83,30 @@ def model_kwargs(args) -> dict:
   return kwargs
 
 
+OPTIMIZER = optax.adamw(1e-4, weight_decay=0.05)
+
+
+def create_model(args, **overrides) -> nn.Module:
+  """The command line's model with 1000 classes, `overrides` replacing keyword arguments of `model_kwargs`."""
+  return models.create(args.model, num_classes=1000, **{**model_kwargs(args), **overrides})
+
+
+def make_step(model: nn.Module, mesh, shardings, preprocess=None):
+  """`model`'s jitted classification train step with `OPTIMIZER` at a constant learning rate."""
+  return steps.make_train_step(steps.classification_loss(model, preprocess=preprocess), OPTIMIZER,
+                               optax.constant_schedule(1e-4), mesh, shardings)
+
+
 def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
   """Our train step: its description (FLOPs, memory, parameters) and a function running one step. With
   `pp_device` the batch is uint8 and the step augments it first."""
-  kwargs = model_kwargs(args)
-  model = models.create(args.model, num_classes=1000, **kwargs)
+  model = create_model(args)
   mesh = parallel.make_mesh(dict(data=-1))
-  tx = optax.adamw(1e-4, weight_decay=0.05)
   shape = (args.resolution, args.resolution, 3)
-  shardings = state_lib.shardings(model, tx, shape, mesh)
-  state = state_lib.create(model, tx, shape, jax.random.key(0), shardings)
+  shardings = state_lib.shardings(model, OPTIMIZER, shape, mesh)
+  state = state_lib.create(model, OPTIMIZER, shape, jax.random.key(0), shardings)
   preprocess = device_preprocess.parse(pp_device) if pp_device else None
-  step = steps.make_train_step(steps.classification_loss(model, preprocess=preprocess), tx,
-                               optax.constant_schedule(1e-4), mesh, shardings)
+  step = make_step(model, mesh, shardings, preprocess)
   rng = np.random.default_rng(0)
   images = (rng.integers(0, 256, (args.batch, *shape), np.uint8) if pp_device
             else rng.normal(size=(args.batch, *shape)).astype(np.float32))
@@ -103,19 +114,15 @@ def ours(args, pp_device: str | None = None) -> tuple[dict, object]:
                           'label': rng.integers(0, 1000, args.batch).astype(np.int32)}, parallel.batch_sharding(mesh))
   key = jax.random.key(1)
   counted = step
-  if kwargs.get('attn_impl', 'xla') != 'xla':  # kernels are custom calls XLA cannot count: count the XLA twin
-    twin = models.create(args.model, num_classes=1000, **{**kwargs, 'attn_impl': 'xla'})
-    counted = steps.make_train_step(steps.classification_loss(twin, preprocess=preprocess), tx,
-                                    optax.constant_schedule(1e-4), mesh, shardings)
+  if args.attn_impl not in (None, 'xla'):  # kernels are custom calls XLA cannot count: count the XLA twin
+    counted = make_step(create_model(args, attn_impl='xla'), mesh, shardings, preprocess)
   flops = perf.step_flops(counted, state, batch, key)
   products = {}  # the step's products alone, for its share of the reference product's rate
   if args.matmul_rate:
     products['matmul_flops_per_step'] = perf.jaxpr_flops(counted.trace(state, batch, key).jaxpr)
   memory = compiled_memory(step, state, batch, key)
   if args.remat:  # What rematerialisation saves: the same step compiled without it.
-    plain = models.create(args.model, num_classes=1000, **{**kwargs, 'remat': False})
-    plain_step = steps.make_train_step(steps.classification_loss(plain, preprocess=preprocess), tx,
-                                       optax.constant_schedule(1e-4), mesh, shardings)
+    plain_step = make_step(create_model(args, remat=False), mesh, shardings, preprocess)
     memory.update({f'{name}_without_remat': value
                    for name, value in compiled_memory(plain_step, state, batch, key).items()})
   holder = [state]
