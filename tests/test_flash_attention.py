@@ -230,19 +230,54 @@ def test_splash_lowers_for_tpu():
   assert export(bwd, 'tpu', q, q, q).mlir_module().count('tpu_custom_call') == 3
 
 
-def test_cudnn_path_pads_lengths_and_masks_the_padding(monkeypatch):
-  # The cuDNN dispatch pads ViT's 197 tokens to 256 and passes the true lengths; run that path through XLA's
-  # implementation (this machine has no cuDNN) and compare with the reference, with and without a bias.
+@pytest.fixture
+def cudnn_on_xla(monkeypatch):
+  """Runs the cuDNN dispatch through XLA's implementation (this machine has no cuDNN); returns the calls' (q length,
+  implementation, keyword arguments)."""
   calls = []
   real = jax.nn.dot_product_attention
 
   def on_xla(q, *args, implementation=None, **kwargs):
-    calls.append((q.shape[1], implementation, sorted(kwargs)))
+    calls.append((q.shape[1], implementation, kwargs))
     return real(q, *args, implementation='xla', **kwargs)
 
   monkeypatch.setattr(jax.nn, 'dot_product_attention', on_xla)
+  return calls
+
+
+def test_cudnn_path_pads_lengths_and_masks_the_padding(cudnn_on_xla):
+  # The cuDNN dispatch pads ViT's 197 tokens to 198 and passes the true lengths: compare with the reference, with and
+  # without a bias.
   q, k, v, bias, _ = inputs(2, 197, 197, 3, 16, (1, 3, 197, 197))
   for b in (None, bias):
     np.testing.assert_allclose(kernels.attention(q, k, v, b, impl='cudnn'), reference_attention(q, k, v, b),
                                atol=1e-5)
-  assert calls[0][:2] == (256, 'cudnn') and 'key_value_seq_lengths' in calls[0][2]
+  # Causal cross-attention: jax aligns its causal mask top-left, the reference bottom-right.
+  np.testing.assert_allclose(kernels.attention(q[:, :40], k, v, impl='cudnn', causal=True),
+                             reference_attention(q[:, :40], k, v, causal=True), atol=1e-5)
+  length, implementation, options = cudnn_on_xla[0]
+  assert (length, implementation) == (198, 'cudnn')
+  assert options['key_value_seq_lengths'].tolist() == [197, 197]
+  assert kernels.padded_length(197, 'cudnn') == 198 and kernels.padded_length(197, 'xla') == 197
+
+
+@pytest.mark.parametrize('impl', ['xla', 'pallas', 'cudnn'])
+def test_key_length_masks_padded_keys(impl, cudnn_on_xla):
+  # Tokens padded past `key_length` (as ViT pads them for cuDNN) leave the real tokens' outputs and gradients as
+  # attention over the real tokens alone gives them, with and without a bias.
+  q, k, v, bias, do = inputs(2, 21, 21, 2, 16, (1, 2, 21, 21))
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, 3)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+  for b in (None, bias):
+    padded_bias = None if b is None else jnp.pad(b, [(0, 0), (0, 0), (0, 3), (0, 3)])
+
+    def padded(q, k, v, b):
+      return kernels.attention(pad(q), pad(k), pad(v), padded_bias, impl=impl, key_length=21)[:, :21]
+
+    ours = fast_jit(lambda *a: value_and_grads(padded, *a))(q, k, v, b, do)
+    assert_close(ours[:4], reference(False, q, k, v, b, do)[:4], 1e-5)
+  if impl == 'cudnn':  # unpadded lengths: no padding in the dispatch, cuDNN told the keys' length
+    kernels.attention(pad(q), pad(k), pad(v), impl=impl, key_length=21)
+    length, _, options = cudnn_on_xla[-1]
+    assert length == 24 and options['key_value_seq_lengths'].tolist() == [21, 21]
+  with pytest.raises(ValueError, match='key_length 25'):
+    kernels.attention(pad(q), pad(k), pad(v), impl=impl, key_length=25)

@@ -5,7 +5,8 @@ launches' shared-memory fallback. Lengths up to `SHORT_SEQ` run seq-major with `
 head-major. Passed on an H100 on 2026-11-23 (bf16 errors ~2.5e-3, float32 with TF32 ~3e-4) and on 2026-11-24 with
 every case seq-major (jax 0.11.2, so with padded sequences). The in-place path jax 0.12 takes (blocks past the end
 masked by the lowering) has run only in interpret mode, which fills those blocks with NaN. The cuDNN dispatch of
-`kernels.attention` (its sequence padding included) is checked against the same reference in bfloat16."""
+`kernels.attention` (its sequence padding included, and tokens padded by the model past `key_length`) is checked
+against the same reference in bfloat16."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,3 +61,17 @@ def test_cudnn_path_matches_reference(case):
   # kernels.attention's cuDNN dispatch: lengths padded to `_CUDNN_MULTIPLE` with the true lengths passed on.
   assert_matches_reference(
       lambda q, k, v, bias, causal: kernels.attention(q, k, v, bias, impl='cudnn', causal=causal), case)
+
+
+@pytest.mark.parametrize('case', [c for c in CASES if c[-1] == 'bfloat16' and c[1] == c[2] and not c[5]], ids=str)
+def test_cudnn_with_tokens_padded_by_the_model(case):
+  # As ViT runs its trunk for cuDNN: tokens padded to `kernels.padded_length`, the padding masked by `key_length`.
+  def attend(q, k, v, bias, causal):
+    length = q.shape[1]
+    pad = lambda x, axes: jnp.pad(x, [(0, -length % 2 if a in axes else 0) for a in range(x.ndim)])  # noqa: E731
+    if bias is not None:
+      bias = pad(jnp.broadcast_to(bias, (*bias.shape[:2], length, length)), (2, 3))
+    out = kernels.attention(pad(q, (1,)), pad(k, (1,)), pad(v, (1,)), bias, impl='cudnn', causal=causal,
+                            key_length=length)
+    return out[:, :length]
+  assert_matches_reference(attend, case)

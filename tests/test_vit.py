@@ -67,3 +67,32 @@ def test_unknown_model_is_a_config_error():
     models.create('vit_q16')
   with pytest.raises(ConfigError, match='config.model'):
     models.create('vit_b16', no_such_field=1)
+
+
+@pytest.mark.parametrize('pool', ['token', 'gap'])
+def test_tokens_padded_for_the_attention_kernel_change_nothing(pool, monkeypatch):
+  # For cuDNN the trunk runs 197 tokens as 198, the padding masked as keys (`kernels.padded_length`); here three
+  # padded tokens through the XLA kernel must leave the logits and every gradient as they were.
+  from vision_models import kernels
+  model = models.create('vit', num_classes=5, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64, pool=pool)
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  variables = nn.unbox(model.init(jax.random.key(0), images))
+  variables['params'] = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+                                     variables['params'])
+
+  def loss(params):
+    return jnp.sum(model.apply({'params': params}, images) ** 2)
+
+  expected = jax.value_and_grad(loss)(variables['params'])
+  seen, attention = [], kernels.attention
+  monkeypatch.setattr(kernels, 'padded_length', lambda length, impl, dtype: length + 3)
+  monkeypatch.setattr(kernels, 'attention', lambda q, k, v, **kw: seen.append((k.shape[1], kw['key_length'])) or
+                      attention(q, k, v, **kw))
+  padded = jax.value_and_grad(loss)(variables['params'])
+  assert set(seen) == {(16 + (pool == 'token') + 3, 16 + (pool == 'token'))}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), padded, expected)
+  seen.clear()  # a model with another token mixer keeps its tokens as they are
+  hybrid = models.create('vit', num_classes=5, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64, pool='gap',
+                         mixer_overrides={'1': 'pooling'})
+  hybrid.init(jax.random.key(0), images)
+  assert seen == [(16, None)]

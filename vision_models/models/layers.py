@@ -169,6 +169,7 @@ class Attention(nn.Module):
   `bias` is an additive logit bias broadcastable to `[batch, heads, q, k]` (relative position bias).
   `qk_norm` ('layernorm' | 'rmsnorm', default None: off) normalises q and k of each head over head_dim with a learned
   `[head_dim]` scale (and bias) shared by the heads, `q_norm` / `k_norm` (ViT-22B, SD3): bounded attention logits.
+  `key_length`: the tokens from this index on are padding (`kernels.padded_length`); no token attends to them.
   """
   num_heads: int
   qkv_bias: bool = True
@@ -177,6 +178,7 @@ class Attention(nn.Module):
   dtype: Dtype | None = None
   qkv_init: Init | None = None  # Default: xavier_uniform of each [embed, embed] matrix (vision_transformer).
   qk_norm: str | None = None
+  key_length: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -218,7 +220,7 @@ class Attention(nn.Module):
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
     """q, k, v `[batch, length, heads, head_dim]` → the mixed values; subclasses restrict who sees whom."""
-    return kernels.attention(q, k, v, bias=bias, impl=self.impl)
+    return kernels.attention(q, k, v, bias=bias, impl=self.impl, key_length=self.key_length)
 
 
 DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'pallas')

@@ -161,9 +161,10 @@ def parallel_from_sequential(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _attention(cls=layers.Attention, **fixed):
-  def factory(*, num_heads, impl, dtype, name, qkv_bias=True, dropout=0.0, qkv_init=None, qk_norm=None, **_):
+  def factory(*, num_heads, impl, dtype, name, qkv_bias=True, dropout=0.0, qkv_init=None, qk_norm=None,
+              key_length=None, **_):
     return cls(num_heads, qkv_bias=qkv_bias, dropout=dropout, impl=impl, dtype=dtype, qkv_init=qkv_init,
-               qk_norm=qk_norm, name=name, **fixed)
+               qk_norm=qk_norm, key_length=key_length, name=name, **fixed)
   return factory
 
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_models import kernels
 from vision_models.errors import ConfigError
 from vision_models.models import layers, mixers, patch_conv
 from vision_models.models.mixers import parallel_from_sequential  # noqa: F401  (ViT's checkpoint mapping)
@@ -30,6 +31,7 @@ class Block(nn.Module):
   The token mixer comes from `models/mixers.py` by name (attention under `attn`, any other under `mixer`). Several
   `mixers` make a parallel block (Touvron et al. 2022): x + Σ_b mixer_b(LN_b(x)), then x + Σ_b mlp_b(LN_b(x)), each
   branch with its own norms, mixer, MLP and layer scales, suffixed `_0`, `_1`, ...
+  `key_length`: the tokens from this index on are padding, which the attention mixers mask out.
   """
   num_heads: int
   mlp_dim: int
@@ -43,6 +45,7 @@ class Block(nn.Module):
   mixer_options: Any = None
   grid: tuple[int, int] | None = None
   prefix: int = 0
+  key_length: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -50,8 +53,9 @@ class Block(nn.Module):
     scale = (lambda name: layers.LayerScale(self.layer_scale, name=name)) if self.layer_scale else (
         lambda name: (lambda y: y))
     suffixes = [''] if len(self.mixers) == 1 else [f'_{b}' for b in range(len(self.mixers))]
+    padding = {'key_length': self.key_length} if self.key_length else {}
     options = lambda name: mixers.select_options(  # noqa: E731
-        name, {'dropout': self.dropout, **dict(self.mixer_options or {})})
+        name, {'dropout': self.dropout, **dict(self.mixer_options or {}), **padding})
     branches = []
     for s, name in zip(suffixes, self.mixers):
       y = layers.layer_norm(dtype=self.dtype, name=f'norm1{s}')(x)
@@ -142,10 +146,17 @@ class ViT(nn.Module):
     else:
       x = jnp.concatenate([*tokens, x], axis=1) + pos
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = layers.constrain(x, ('batch', 'length', 'act_embed'))
 
     names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, self.depth) for i in range(self.depth)]
     mixers.check_options([*names, self.mlp], self.mixer_options)
+    # Tokens padded to the length the attention kernel runs at (cuDNN: 197 → 198) and masked as keys: otherwise every
+    # block pads q, k, v and cuts the output back (ViT-B/16 on an H100: 3.7 GB of memory traffic per step).
+    length = padded = x.shape[1]
+    if set(names) == {'attention'}:
+      padded = kernels.padded_length(length, self.attn_impl, self.dtype or x.dtype)
+    if padded > length:
+      x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
+    x = layers.constrain(x, ('batch', 'length', 'act_embed'))
     if self.parallel_blocks and self.depth % 2:
       raise ConfigError(f'parallel_blocks pairs the blocks: depth {self.depth} must be even')
     width = 2 if self.parallel_blocks else 1
@@ -155,7 +166,8 @@ class ViT(nn.Module):
       rate = self.drop_path * i / max(count - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
       x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
                 tuple(names[i * width:(i + 1) * width]), self.mlp, self.mixer_options, (h, w), len(tokens),
-                name=f'blocks_{i}')(x, train)
+                length if padded > length else None, name=f'blocks_{i}')(x, train)
+    x = x[:, :length]
 
     head = lambda name: layers.dense(self.num_classes, ('embed', 'classes'),  # noqa: E731
                                      kernel_init=nn.initializers.zeros, dtype=self.dtype, name=name)
