@@ -59,8 +59,8 @@ def time_steps(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int, dtype: str) -> None:
-  """The flags that pick the model and its step: --model, --batch, --resolution, --dtype, --remat, --attn-impl, --mlp
-  (read back by `model_kwargs`), with these defaults."""
+  """The flags that pick the model and its step: --model, --batch, --resolution, --dtype, --remat, --attn-impl, --mlp,
+  --norm-impl (read back by `model_kwargs`), with these defaults."""
   parser.add_argument('--model', default=model)
   parser.add_argument('--batch', type=int, default=batch)
   parser.add_argument('--resolution', type=int, default=224)
@@ -69,10 +69,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int,
                       help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name)')
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
+  parser.add_argument('--norm-impl', default=None, help="a ViT's LayerNorm: 'xla' or 'pallas' (default: the model's)")
 
 
 def model_kwargs(args) -> dict:
-  """The keyword arguments of `models.create` that the command line sets (dtype, remat, attention, MLP)."""
+  """The keyword arguments of `models.create` that the command line sets (dtype, remat, attention, MLP, norm)."""
   kwargs = {'dtype': jnp.bfloat16} if args.dtype == 'bfloat16' else {}
   if args.remat:
     kwargs['remat'] = args.remat
@@ -80,6 +81,8 @@ def model_kwargs(args) -> dict:
     kwargs['attn_impl'] = args.attn_impl
   if args.mlp:
     kwargs['mlp'] = args.mlp
+  if args.norm_impl:
+    kwargs['norm_impl'] = args.norm_impl
   return kwargs
 
 

@@ -1,10 +1,11 @@
 """Kernels: the attention dispatcher with its XLA reference and the Pallas kernels (blockwise attention, FFT long
-convolution, large-kernel depthwise convolution), each beside a plain XLA reference."""
+convolution, large-kernel depthwise convolution, LayerNorm with the residual add), each beside a plain XLA reference."""
 from vision_models.kernels.attention import (IMPLS, attention, padded_length, reference_attention, register_impl,
                                              resolve_impl)
 from vision_models.kernels.depthwise_conv import depthwise_conv2d, depthwise_conv2d_reference
 from vision_models.kernels.flash_attention import flash_attention
 from vision_models.kernels.flash_launch import GPU_LAUNCH, Launch
+from vision_models.kernels.layer_norm import add_layer_norm, layer_norm
 from vision_models.kernels.long_conv import (long_conv, long_conv2d, long_conv2d_direct, long_conv2d_fft,
                                              long_conv_direct, long_conv_fft)
 from vision_models.kernels.splash import splash_attention
@@ -13,6 +14,7 @@ register_impl('pallas', lambda q, k, v, bias=None, causal=False, sm_scale=None: 
     q, k, v, bias=bias, causal=causal, sm_scale=sm_scale))
 register_impl('splash', splash_attention)
 
-__all__ = ['GPU_LAUNCH', 'IMPLS', 'Launch', 'attention', 'depthwise_conv2d', 'depthwise_conv2d_reference', 'flash_attention',
-           'long_conv', 'long_conv2d', 'long_conv2d_direct', 'long_conv2d_fft', 'long_conv_direct', 'long_conv_fft',
-           'padded_length', 'reference_attention', 'register_impl', 'resolve_impl', 'splash_attention']
+__all__ = ['GPU_LAUNCH', 'IMPLS', 'Launch', 'add_layer_norm', 'attention', 'depthwise_conv2d', 'depthwise_conv2d_reference',
+           'flash_attention', 'layer_norm', 'long_conv', 'long_conv2d', 'long_conv2d_direct', 'long_conv2d_fft',
+           'long_conv_direct', 'long_conv_fft', 'padded_length', 'reference_attention', 'register_impl', 'resolve_impl',
+           'splash_attention']

@@ -7,6 +7,9 @@ and the backward is the closed form `dx = r (g·s - mean(g·s) - x̂ mean(g·s·
 PyTorch's kernel computes it.
 Statistics are two-pass (mean, then the mean square of the centred input) and in float32 for low-precision inputs.
 The parameters (`scale`, `bias`) and the module's automatic name (`LayerNorm_N`) are those of `nn.LayerNorm`.
+
+`FusedLayerNorm` has the same parameters and runs the Pallas kernels of `kernels.layer_norm` (GPU; interpreted on the
+CPU), with the residual add before the norm in the same pass.
 """
 import functools
 from typing import Any, Callable
@@ -15,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from vision_models import kernels
 
 Dtype = Any
 
@@ -64,3 +69,20 @@ class LayerNorm(nn.Module):
     bias = (self.param('bias', self.bias_init, (features,), jnp.float32) if self.use_bias
             else jnp.zeros((features,), jnp.float32))
     return _normalise(x, scale, bias, self.epsilon, self.dtype or jnp.result_type(x, scale))
+
+
+class FusedLayerNorm(LayerNorm):
+  """`LayerNorm` by the Pallas kernels; `norm(x, residual)` returns `(x + residual, LayerNorm(x + residual))`."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, residual: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = (self.param('bias', self.bias_init, (features,), jnp.float32) if self.use_bias
+            else jnp.zeros((features,), jnp.float32))
+    dtype = self.dtype or jnp.result_type(x, scale)
+    interpret = jax.default_backend() == 'cpu'
+    if residual is None:
+      return kernels.layer_norm(x, scale, bias, self.epsilon, interpret).astype(dtype)
+    s, y = kernels.add_layer_norm(x, residual.astype(x.dtype), scale, bias, self.epsilon, interpret)
+    return s, y.astype(dtype)

@@ -15,8 +15,9 @@ import numpy as np
 from jax import lax
 
 from vision_models import kernels
+from vision_models.errors import ConfigError
 from vision_models.models import cpu_dot, shift_conv
-from vision_models.models.layer_norm import LayerNorm
+from vision_models.models.layer_norm import FusedLayerNorm, LayerNorm
 
 Dtype = Any
 Init = Callable[..., jax.Array]
@@ -45,16 +46,42 @@ def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'),
                   kernel_init=with_axes(kernel_init, axes), bias_init=with_axes(bias_init, axes[-1:]))
 
 
+NORM_IMPLS = ('auto', 'xla', 'pallas')
+
+
 def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bias: bool = True,
-               dtype: Dtype | None = None, name: str | None = None) -> nn.Module:
+               dtype: Dtype | None = None, name: str | None = None, impl: str = 'auto') -> nn.Module:
   """LayerNorm over the last axis with a logically named scale and bias (eps is per family: 1e-6 ViT, 1e-5 MaxViT).
 
-  On the CPU it is our `LayerNorm` with its closed-form backward; elsewhere Flax's, with the same parameters: on an
-  H100 ours made ViT-B/16's bfloat16 train step 7.4 ms slower (85.4 against 78.0 ms, benchmarks/RESULTS.md)."""
-  module = LayerNorm if jax.default_backend() == 'cpu' else nn.LayerNorm
+  `impl='xla'`: on the CPU our `LayerNorm` with its closed-form backward; elsewhere Flax's, with the same parameters:
+  on an H100 ours made ViT-B/16's bfloat16 train step 7.4 ms slower (85.4 against 78.0 ms, benchmarks/RESULTS.md).
+  `impl='pallas'`: `FusedLayerNorm` (one pass each way; `add_layer_norm` fuses the residual add). `auto` is `xla`;
+  a family that measured the kernels faster resolves it itself (`fused_norm_default`)."""
+  if impl not in NORM_IMPLS:
+    raise ConfigError(f'unknown norm impl {impl!r}; choose one of {", ".join(NORM_IMPLS)}')
+  module = FusedLayerNorm if impl == 'pallas' else LayerNorm if jax.default_backend() == 'cpu' else nn.LayerNorm
   return module(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
                 scale_init=with_axes(nn.initializers.ones, (axis_name,)),
                 bias_init=with_axes(nn.initializers.zeros, (axis_name,)))
+
+
+def fused_norm_default(impl: str) -> str:
+  """`impl`, with `auto` resolved to the Pallas kernels on one GPU and to XLA elsewhere. (Several devices: a Pallas
+  call is opaque to XLA's partitioner, which would gather its sharded inputs whole; it needs a `shard_map` first.)"""
+  if impl != 'auto':
+    return impl
+  mesh = jax.sharding.get_abstract_mesh()
+  return 'pallas' if jax.default_backend() == 'gpu' and (mesh.empty or mesh.size == 1) else 'xla'
+
+
+def add_layer_norm(x: jax.Array, residual: jax.Array | None, norm: nn.Module) -> tuple[jax.Array, jax.Array]:
+  """`(x + residual, norm(x + residual))`, in one pass where `norm` is a `FusedLayerNorm` (no residual: `x`)."""
+  if residual is None:
+    return x, norm(x)
+  if isinstance(norm, FusedLayerNorm):
+    return norm(x, residual)
+  x = x + residual
+  return x, norm(x)
 
 
 def gelu(x: jax.Array) -> jax.Array:

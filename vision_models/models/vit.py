@@ -31,7 +31,10 @@ class Block(nn.Module):
   The token mixer comes from `models/mixers.py` by name (attention under `attn`, any other under `mixer`). Several
   `mixers` make a parallel block (Touvron et al. 2022): x + Σ_b mixer_b(LN_b(x)), then x + Σ_b mlp_b(LN_b(x)), each
   branch with its own norms, mixer, MLP and layer scales, suffixed `_0`, `_1`, ...
-  `key_length`: the tokens from this index on are padding, which the attention mixers mask out.
+  `key_length`: the tokens from this index on are padding, which the attention mixers mask out. `norm_impl`:
+  `layers.layer_norm`'s; with 'pallas' a residual add and the norm after it are one kernel. So that the MLP's residual
+  add meets the next block's `norm1`, a block called with `pending` (the previous block's MLP output) adds it first,
+  and with `defer_residual` returns `(x, its MLP output)` for the next block to add.
   """
   num_heads: int
   mlp_dim: int
@@ -46,9 +49,12 @@ class Block(nn.Module):
   grid: tuple[int, int] | None = None
   prefix: int = 0
   key_length: int | None = None
+  norm_impl: str = 'xla'
+  defer_residual: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               pending: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
     dim = x.shape[-1]
     scale = (lambda name: layers.LayerScale(self.layer_scale, name=name)) if self.layer_scale else (
         lambda name: (lambda y: y))
@@ -56,23 +62,30 @@ class Block(nn.Module):
     padding = {'key_length': self.key_length} if self.key_length else {}
     options = lambda name: mixers.select_options(  # noqa: E731
         name, {'dropout': self.dropout, **dict(self.mixer_options or {}), **padding})
+
+    def add_and_norm(x, update, norm_name):  # x + update, and each branch's norm of it (the first fused with the add)
+      norms = [layers.layer_norm(dtype=self.dtype, name=f'{norm_name}{s}', impl=self.norm_impl) for s in suffixes]
+      x, y = layers.add_layer_norm(x, update, norms[0])
+      return x, [y] + [norm(x) for norm in norms[1:]]
+
+    x, normed = add_and_norm(x, pending, 'norm1')
     branches = []
-    for s, name in zip(suffixes, self.mixers):
-      y = layers.layer_norm(dtype=self.dtype, name=f'norm1{s}')(x)
+    for s, name, y in zip(suffixes, self.mixers, normed):
       y = mixers.token_mixer(name, dim=dim, num_heads=self.num_heads, grid=self.grid, prefix=self.prefix,
                              impl=self.attn_impl, dtype=self.dtype,
                              module_name=('attn' if name == 'attention' else 'mixer') + s, **options(name))(
           y, train=train)
       branches.append(layers.DropPath(self.drop_path)(scale(f'ls1{s}')(y), train))
-    x = x + sum(branches)
+    x, normed = add_and_norm(x, sum(branches), 'norm2')
     branches = []
-    for s in suffixes:
-      y = layers.layer_norm(dtype=self.dtype, name=f'norm2{s}')(x)
+    for s, y in zip(suffixes, normed):
       y = mixers.channel_mixer(self.mlp, dim=dim, hidden_dim=self.mlp_dim, dtype=self.dtype, module_name=f'mlp{s}',
                                **options(self.mlp))(y, train=train)
       branches.append(layers.DropPath(self.drop_path)(scale(f'ls2{s}')(y), train))
-    x = x + sum(branches)
-    return layers.constrain(x, ('batch', 'length', 'act_embed'))
+    constrain = lambda t: layers.constrain(t, ('batch', 'length', 'act_embed'))  # noqa: E731
+    if self.defer_residual:
+      return constrain(x), constrain(sum(branches))
+    return constrain(x + sum(branches))
 
 
 class ViT(nn.Module):
@@ -86,7 +99,8 @@ class ViT(nn.Module):
   (True, or a `jax.checkpoint_policies` name).
   `mixer` names every block's token mixer (`models/mixers.py`: 'attention', 'hyena2d', 'pooling', ...),
   `mixer_overrides` other mixers for block ranges (`{'6:12': 'hyena2d'}`), `mixer_options` their options; `mlp` names
-  the channel mixer. `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
+  the channel mixer. `norm_impl` is `layers.layer_norm`'s ('auto': the Pallas kernels, residual add fused, on one
+  GPU; `layers.fused_norm_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
   parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential blocks.
   """
   num_classes: int = 1000
@@ -110,6 +124,7 @@ class ViT(nn.Module):
   mixer_overrides: Any = None
   mixer_options: Any = None
   mlp: str = 'mlp'
+  norm_impl: str = 'auto'
   parallel_blocks: bool = False
 
   @nn.compact
@@ -146,6 +161,8 @@ class ViT(nn.Module):
     else:
       x = jnp.concatenate([*tokens, x], axis=1) + pos
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    norm_impl = layers.fused_norm_default(self.norm_impl)
+    norm = lambda name: layers.layer_norm(dtype=self.dtype, name=name, impl=norm_impl)  # noqa: E731
 
     names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, self.depth) for i in range(self.depth)]
     mixers.check_options([*names, self.mlp], self.mixer_options)
@@ -162,26 +179,29 @@ class ViT(nn.Module):
     width = 2 if self.parallel_blocks else 1
     count = self.depth // width
     block = layers.remat(Block, self.remat, static_argnums=(2,))
+    pending = None  # each block's MLP output, added by the next block's (or the final) norm in one pass
     for i in range(count):
       rate = self.drop_path * i / max(count - 1, 1)  # Linear stochastic-depth decay, as timm and DeiT.
-      x = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl, self.dtype,
-                tuple(names[i * width:(i + 1) * width]), self.mlp, self.mixer_options, (h, w), len(tokens),
-                length if padded > length else None, name=f'blocks_{i}')(x, train)
-    x = x[:, :length]
+      x, pending = block(self.num_heads, self.mlp_dim, self.dropout, rate, self.layer_scale, self.attn_impl,
+                         self.dtype, tuple(names[i * width:(i + 1) * width]), self.mlp, self.mixer_options, (h, w),
+                         len(tokens), length if padded > length else None, norm_impl, True, name=f'blocks_{i}')(
+          x, train, pending)
 
     head = lambda name: layers.dense(self.num_classes, ('embed', 'classes'),  # noqa: E731
                                      kernel_init=nn.initializers.zeros, dtype=self.dtype, name=name)
+    # The last MLP output is added in the final norm's pass; the padding goes.
+    final = lambda name: layers.add_layer_norm(x, pending, norm(name))[1][:, :length]  # noqa: E731
     if self.distilled:  # The two heads' average: timm's eval output, and its training output without distillation.
-      x = layers.layer_norm(dtype=self.dtype, name='norm')(x)
+      x = final('norm')
       if not self.num_classes:
         return (x[:, 0] + x[:, 1]) / 2
       return ((head('head')(x[:, 0]) + head('head_dist')(x[:, 1])) / 2).astype(jnp.float32)
     if self.pool == 'token':
-      x = layers.layer_norm(dtype=self.dtype, name='norm')(x)[:, 0]
+      x = final('norm')[:, 0]
     elif self.fc_norm:  # timm's avg pool normalises after pooling (`fc_norm`).
-      x = layers.layer_norm(dtype=self.dtype, name='fc_norm')(x.mean(axis=1))
+      x = norm('fc_norm')((x if pending is None else x + pending)[:, :length].mean(axis=1))
     else:
-      x = layers.layer_norm(dtype=self.dtype, name='norm')(x).mean(axis=1)
+      x = final('norm').mean(axis=1)
     if not self.num_classes:
       return x
     return head('head')(x).astype(jnp.float32)
