@@ -16,7 +16,7 @@ from jax import lax
 
 from vision_models import kernels
 from vision_models.errors import ConfigError
-from vision_models.models import cpu_dot, shift_conv
+from vision_models.models import cpu_dot, qkv, shift_conv
 from vision_models.models.layer_norm import FusedLayerNorm, LayerNorm
 
 Dtype = Any
@@ -225,16 +225,9 @@ class Attention(nn.Module):
       qkv_kernels.append(param(f'{name}_kernel', (dim, self.num_heads, head_dim), ('embed', 'heads', 'kv'), qkv_init))
       if self.qkv_bias:
         qkv_biases.append(param(f'{name}_bias', (self.num_heads, head_dim), ('heads', 'kv'), nn.initializers.zeros))
-    # One matmul for the three projections (faster on the GPU, benchmarks/RESULTS.md); the parameters stay separate,
-    # as in the checkpoints. Its columns are ordered (head, q/k/v, head_dim) so that heads split across devices stay
-    # whole blocks, and the bias is added to the flat columns: added to a [..., 3, heads, head_dim] view, which does
-    # not line up with the product's columns, it was written out in full for cuBLAS to add as a matrix (XLA:GPU).
-    kernel = jnp.stack(qkv_kernels, axis=2)
-    qkv = _matmul(x, kernel.reshape(dim, -1))
-    if self.qkv_bias:
-      qkv = qkv + jnp.stack(qkv_biases, axis=1).reshape(-1)
-    qkv = qkv.reshape(*qkv.shape[:-1], self.num_heads, 3, head_dim)
-    q, k, v = (qkv[..., i, :] for i in range(3))
+    # Stacked as [embed, heads, 3, head_dim]: one product's columns ordered (head, q/k/v, head_dim), so that heads split
+    # across devices stay whole blocks (`models/qkv.py`: one product backward, and on the CPU forward too).
+    q, k, v = qkv.project(x, jnp.stack(qkv_kernels, axis=2), jnp.stack(qkv_biases, axis=1) if self.qkv_bias else None)
     if self.qk_norm:
       q, k = qk_norm(self.qk_norm, self.dtype, 'q_norm')(q), qk_norm(self.qk_norm, self.dtype, 'k_norm')(k)
     out = self.attend(q, k, v, bias)
