@@ -2,7 +2,7 @@
 # make test:  the same environment + the test extra (torch, timm for parity) + the whole test suite.
 # make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): the GPU-only tests,
 #             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm, and the
-#             step with XLA's LayerNorm instead of the Pallas kernels).
+#             step with XLA's LayerNorm instead of the Pallas kernels, and with the MLP's fused backward product).
 # make gpu-hlo: without a GPU, the ViT-B/16 step compiled for an H100 and its memory traffic by kind of op
 #             (benchmarks/gpu_hlo.py; JAX's CUDA plugin goes to .gpu-hlo/, outside the venv, which it would slow).
 SHELL := /bin/bash
@@ -42,13 +42,13 @@ test: $(VENV)/.installed-test .gpu-hlo/jax_plugins
 
 gpu-check:
 	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_flash_attention_gpu.py tests/test_device_preprocess_gpu.py \
-	  tests/test_layer_norm_kernel_gpu.py
+	  tests/test_layer_norm_kernel_gpu.py tests/test_gelu_matmul_gpu.py
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
 	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --matmul-rate 8192 || exit 1; done
-	$(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn \
-	  --norm-impl xla --steps 15 --warmup 3
+	for flag in '--norm-impl xla' '--mlp-backward pallas'; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 \
+	  --batch 256 --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn $$flag --steps 15 --warmup 3 || exit 1; done
 
 # JAX's CUDA plugin for the installed jax, outside the venv (tests/test_gpu_hlo.py uses it when it is there).
 .gpu-hlo/jax_plugins: $(VENV)/.installed-test

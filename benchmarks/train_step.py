@@ -60,7 +60,7 @@ def time_steps(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int, dtype: str) -> None:
   """The flags that pick the model and its step: --model, --batch, --resolution, --dtype, --remat, --attn-impl, --mlp,
-  --norm-impl (read back by `model_kwargs`), with these defaults."""
+  --mlp-backward, --norm-impl (read back by `model_kwargs`), with these defaults."""
   parser.add_argument('--model', default=model)
   parser.add_argument('--batch', type=int, default=batch)
   parser.add_argument('--resolution', type=int, default=224)
@@ -69,6 +69,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int,
                       help='recompute each block in the backward pass (optionally a jax.checkpoint_policies name)')
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
+  parser.add_argument('--mlp-backward', default=None,
+                      help="mlp_tanh's backward product: 'xla' or 'pallas' (kernels.dgelu_matmul; default: the model's)")
   parser.add_argument('--norm-impl', default=None, help="a ViT's LayerNorm: 'xla' or 'pallas' (default: the model's)")
 
 
@@ -81,6 +83,8 @@ def model_kwargs(args) -> dict:
     kwargs['attn_impl'] = args.attn_impl
   if args.mlp:
     kwargs['mlp'] = args.mlp
+  if args.mlp_backward:
+    kwargs['mixer_options'] = {args.mlp or 'mlp': {'backward': args.mlp_backward}}
   if args.norm_impl:
     kwargs['norm_impl'] = args.norm_impl
   return kwargs

@@ -72,12 +72,12 @@ def test_vit_with_the_kernels_matches_vit_without():
 
 
 def test_auto_picks_the_kernels_on_one_gpu(monkeypatch):
-  assert layers.fused_norm_default('auto') == 'xla'  # on the CPU
-  assert layers.fused_norm_default('pallas') == 'pallas'
+  assert layers.kernel_default('auto') == 'xla'  # on the CPU
+  assert layers.kernel_default('pallas') == 'pallas'
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert layers.fused_norm_default('auto') == 'pallas'
+  assert layers.kernel_default('auto') == 'pallas'
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ('data',))):
-    assert layers.fused_norm_default('auto') == 'xla'  # a Pallas call would gather sharded inputs whole
+    assert layers.kernel_default('auto') == 'xla'  # a Pallas call would gather sharded inputs whole
   with pytest.raises(ConfigError, match="unknown norm impl 'triton'"):
     layers.layer_norm(impl='triton')
 

@@ -16,7 +16,7 @@ from jax import lax
 
 from vision_models import kernels
 from vision_models.errors import ConfigError
-from vision_models.models import cpu_dot, qkv, shift_conv
+from vision_models.models import cpu_dot, gelu_tail, qkv, shift_conv
 from vision_models.models.layer_norm import FusedLayerNorm, LayerNorm
 
 Dtype = Any
@@ -46,7 +46,7 @@ def dense(features: int, axes: tuple[str | None, str | None] = ('embed', 'mlp'),
                   kernel_init=with_axes(kernel_init, axes), bias_init=with_axes(bias_init, axes[-1:]))
 
 
-NORM_IMPLS = ('auto', 'xla', 'pallas')
+KERNEL_IMPLS = ('auto', 'xla', 'pallas')
 
 
 def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bias: bool = True,
@@ -56,18 +56,20 @@ def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bi
   `impl='xla'`: on the CPU our `LayerNorm` with its closed-form backward; elsewhere Flax's, with the same parameters:
   on an H100 ours made ViT-B/16's bfloat16 train step 7.4 ms slower (85.4 against 78.0 ms, benchmarks/RESULTS.md).
   `impl='pallas'`: `FusedLayerNorm` (one pass each way; `add_layer_norm` fuses the residual add). `auto` is `xla`;
-  a family that measured the kernels faster resolves it itself (`fused_norm_default`)."""
-  if impl not in NORM_IMPLS:
-    raise ConfigError(f'unknown norm impl {impl!r}; choose one of {", ".join(NORM_IMPLS)}')
+  a family that measured the kernels faster resolves it itself (`kernel_default`)."""
+  if impl not in KERNEL_IMPLS:
+    raise ConfigError(f'unknown norm impl {impl!r}; choose one of {", ".join(KERNEL_IMPLS)}')
   module = FusedLayerNorm if impl == 'pallas' else LayerNorm if jax.default_backend() == 'cpu' else nn.LayerNorm
   return module(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
                 scale_init=with_axes(nn.initializers.ones, (axis_name,)),
                 bias_init=with_axes(nn.initializers.zeros, (axis_name,)))
 
 
-def fused_norm_default(impl: str) -> str:
-  """`impl`, with `auto` resolved to the Pallas kernels on one GPU and to XLA elsewhere. (Several devices: a Pallas
-  call is opaque to XLA's partitioner, which would gather its sharded inputs whole; it needs a `shard_map` first.)"""
+def kernel_default(impl: str) -> str:
+  """`impl` ('auto', 'xla' or 'pallas'), with `auto` resolved to the Pallas kernels on one GPU and to XLA elsewhere.
+  (Several devices: a Pallas call is opaque to XLA's partitioner, which would gather its sharded inputs whole.)"""
+  if impl not in KERNEL_IMPLS:
+    raise ConfigError(f'unknown kernel impl {impl!r}; choose one of {", ".join(KERNEL_IMPLS)}')
   if impl != 'auto':
     return impl
   mesh = jax.sharding.get_abstract_mesh()
@@ -114,14 +116,7 @@ def _gelu_tanh_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _gelu_tanh_bwd(x: jax.Array, grad: jax.Array) -> tuple[jax.Array]:
-  # With u = √(2/π)(x + 0.044715x³): ½(1 + tanh u) = σ(2u) and ½(1 − tanh² u) = 2σ(2u)σ(−2u). Unlike 1 ± tanh u,
-  # the sigmoids do not cancel in float32 for |x| > 4.
-  z = x.astype(jnp.float32)
-  scale = np.float32(np.sqrt(2 / np.pi))
-  u2 = 2 * scale * (z + np.float32(0.044715) * z * z * z)
-  s = jax.nn.sigmoid(u2)
-  slope = s + 2 * z * s * jax.nn.sigmoid(-u2) * scale * (1 + np.float32(3 * 0.044715) * z * z)
-  return ((grad.astype(jnp.float32) * slope).astype(grad.dtype),)
+  return ((grad.astype(jnp.float32) * kernels.gelu_tanh_slope(x)).astype(grad.dtype),)
 
 
 _gelu_tanh_recomputed.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
@@ -133,7 +128,8 @@ class Mlp(nn.Module):
 
   The parameters are two `nn.Dense`'s, `fc1` and `fc2`. On the CPU the hidden units are computed in pieces of at most
   `cpu_dot.HIDDEN_CHUNK` and fc2's products over the pieces summed (`cpu_dot.hidden_chunks`): the same values up to
-  rounding, a faster product."""
+  rounding, a faster product. `backward='pallas'` (tanh GELU, no dropout, shapes of whole tiles) runs fc2's backward
+  product and the activation's slope as one kernel (`models/gelu_tail.py`); 'auto' does on one GPU."""
   hidden_dim: int
   out_dim: int | None = None
   act: Callable[[jax.Array], jax.Array] = gelu
@@ -142,6 +138,7 @@ class Mlp(nn.Module):
   hidden_axis: str = 'mlp'
   bias_init: Init = nn.initializers.zeros
   dtype: Dtype | None = None
+  backward: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -150,6 +147,9 @@ class Mlp(nn.Module):
     k2, b2 = _DenseParams(out_dim, (self.hidden_axis, self.in_axis), self.bias_init, name='fc2')(self.hidden_dim)
     x, k1, b1, k2, b2 = nn.dtypes.promote_dtype(x, k1, b1, k2, b2, dtype=self.dtype)
     dropout = nn.Dropout(self.dropout, deterministic=not train)
+    if (kernel_default(self.backward) == 'pallas' and self.act is gelu_tanh and (self.dropout == 0 or not train)
+        and gelu_tail.fits(x, k2)):
+      return gelu_tail.gelu_tail(_matmul(x, k1), b1, k2) + b2
     pieces = cpu_dot.hidden_chunks(self.hidden_dim, self.hidden_axis)
     split = lambda a, axis=0: jnp.array_split(a, pieces, axis)  # noqa: E731  (its gradient is a concatenation)
     y = functools.reduce(jnp.add, (_matmul(dropout(self.act(_matmul(x, k1) + b1)), k2)

@@ -224,8 +224,8 @@ register_token_mixer('hyena2d', _hyena(two_d=True))
 
 register_channel_mixer('mlp', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: layers.Mlp(
     hidden_dim, act=layers.gelu, dropout=dropout, dtype=dtype, name=name))
-register_channel_mixer('mlp_tanh', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: layers.Mlp(
-    hidden_dim, act=layers.gelu_tanh, dropout=dropout, dtype=dtype, name=name))
+register_channel_mixer('mlp_tanh', lambda *, hidden_dim, dtype, name, dropout=0.0, backward='xla', **_: layers.Mlp(
+    hidden_dim, act=layers.gelu_tanh, dropout=dropout, dtype=dtype, name=name, backward=backward))
 # 2/3 of the MLP's hidden width: the same parameter count as the plain MLP (three matrices instead of two).
 register_channel_mixer('swiglu', lambda *, hidden_dim, dtype, name, dropout=0.0, **_: ops.SwiGLU(
     int(hidden_dim * 2 / 3), dropout, dtype, name=name))

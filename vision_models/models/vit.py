@@ -100,7 +100,7 @@ class ViT(nn.Module):
   `mixer` names every block's token mixer (`models/mixers.py`: 'attention', 'hyena2d', 'pooling', ...),
   `mixer_overrides` other mixers for block ranges (`{'6:12': 'hyena2d'}`), `mixer_options` their options; `mlp` names
   the channel mixer. `norm_impl` is `layers.layer_norm`'s ('auto': the Pallas kernels, residual add fused, on one
-  GPU; `layers.fused_norm_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
+  GPU; `layers.kernel_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
   parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential blocks.
   """
   num_classes: int = 1000
@@ -161,7 +161,7 @@ class ViT(nn.Module):
     else:
       x = jnp.concatenate([*tokens, x], axis=1) + pos
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    norm_impl = layers.fused_norm_default(self.norm_impl)
+    norm_impl = layers.kernel_default(self.norm_impl)
     norm = lambda name: layers.layer_norm(dtype=self.dtype, name=name, impl=norm_impl)  # noqa: E731
 
     names = [mixers.mixer_for_layer(self.mixer, self.mixer_overrides, i, self.depth) for i in range(self.depth)]
