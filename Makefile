@@ -43,6 +43,7 @@ test: $(VENV)/.installed-test .gpu-hlo/jax_plugins
 gpu-check:
 	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_flash_attention_gpu.py tests/test_device_preprocess_gpu.py \
 	  tests/test_layer_norm_kernel_gpu.py tests/test_gelu_matmul_gpu.py
+	$(GPU_PYTHON) -m benchmarks.fused_kernels || true  # prints each kernel's time over XLA's; the steps below decide
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \

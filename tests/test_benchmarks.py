@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import input_pipeline, train_step
+from benchmarks import fused_kernels, input_pipeline, train_step
 from vision_models.errors import ConfigError
 
 
@@ -88,3 +88,11 @@ def test_input_pipeline_measures_every_spec_and_can_fail(capsys, tmp_path):
   assert input_pipeline.main(args + ['--pp', 'device', '--min-rate', '1e9']) == 1  # The dataset is reused.
   (line,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
   assert not line['ok'] and line['images_per_sec'] < 1e9
+
+
+def test_fused_kernels_checks_the_kernels_against_xla_and_can_fail(capsys, monkeypatch):
+  assert fused_kernels.main([]) == 0  # on the CPU: values only, the kernels interpreted at small sizes
+  summaries = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if 'summary' in line]
+  assert [(s['op'], s['ok']) for s in summaries] == [('add_layer_norm', True), ('dgelu_matmul', True)]
+  monkeypatch.setattr(fused_kernels.kernels, 'dgelu_matmul', lambda dy, w, pre, interpret: (pre, pre[0]))
+  assert fused_kernels.main([]) == 1
