@@ -109,6 +109,8 @@ def attention_weights(module: Any, variables: dict, images: jax.Array, block: in
   recomputed from the block's `attn` kernels, so any attention implementation (flash included) can be inspected.
   """
   name = _block_names(variables['params'])[block]
+  # With XLA's attention and norms no tokens are padded for a kernel, and `norm1` returns the normalised tokens alone.
+  module = module.clone(attn_impl='xla', norm_impl='xla')
 
   @jax.jit
   def weights(variables, images):

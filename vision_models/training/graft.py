@@ -77,13 +77,15 @@ def _init(module: nn.Module, sample_inputs: tuple, rng: jax.Array, apply_kwargs:
 
 
 def block_outputs(module: nn.Module, variables: Any, sample_inputs: tuple, apply_kwargs: dict) -> dict[str, Any]:
-  """The output of every `blocks_i` submodule (flax `capture_intermediates`), by block name."""
+  """The output of every `blocks_i` submodule (flax `capture_intermediates`), by block name. A block returning
+  `(x, pending)` (ViT's, whose residual add the next norm makes) outputs their sum."""
   def capture(mdl, method_name):
     return method_name == '__call__' and BLOCK.fullmatch(mdl.name or '') is not None
   _, state = module.apply(variables, *sample_inputs, **apply_kwargs, capture_intermediates=capture,
                           mutable=['intermediates'])
   inter = state['intermediates']
-  return {name: inter[name]['__call__'][0] for name in inter if BLOCK.fullmatch(name)}
+  outputs = {name: inter[name]['__call__'][0] for name in inter if BLOCK.fullmatch(name)}
+  return {name: sum(out) if isinstance(out, tuple) else out for name, out in outputs.items()}
 
 
 def graft(old_variables: Any, new_module: nn.Module, sample_inputs: tuple, rng: jax.Array, *,
