@@ -1,8 +1,8 @@
 # make train: virtual environment + project + the quickstart (ViT on scikit-learn's digits, ~3 min on 2 CPU cores).
 # make test:  the same environment + the test extra (torch, timm for parity) + the whole test suite.
-# make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): the GPU-only tests,
-#             then issue 9's GPU figures (attention against cuDNN, the ViT-B/16 step's MFU and ratio to timm, and the
-#             step with XLA's LayerNorm instead of the Pallas kernels, and with the MLP's fused backward product).
+# make gpu-check: on a GPU machine whose Python already has jax[cuda], torch and timm (no venv): gpu-tests (the
+#             GPU-only tests), gpu-kernels (the kernels against cuDNN and XLA) and gpu-steps (the ViT-B/16 step's MFU and
+#             ratio to timm; then with XLA's LayerNorm, and with the MLP's fused backward product), each a few minutes.
 # make gpu-hlo: without a GPU, the ViT-B/16 step compiled for an H100 and its memory traffic by kind of op
 #             (benchmarks/gpu_hlo.py; JAX's CUDA plugin goes to .gpu-hlo/, outside the venv, which it would slow).
 SHELL := /bin/bash
@@ -17,7 +17,7 @@ PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 python3 $$HOME/.pyen
   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
   && { command -v $$p; break; }; done)
 
-.PHONY: train test venv clean gpu-check gpu-hlo
+.PHONY: train test venv clean gpu-check gpu-tests gpu-kernels gpu-steps gpu-hlo
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (jax >= 0.11 needs it); install one (e.g. 'pyenv install 3.12') or run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
@@ -40,12 +40,18 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed-test .gpu-hlo/jax_plugins
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-gpu-check:
+gpu-check: gpu-tests gpu-kernels gpu-steps
+
+gpu-tests:
 	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_flash_attention_gpu.py tests/test_device_preprocess_gpu.py \
 	  tests/test_layer_norm_kernel_gpu.py tests/test_gelu_matmul_gpu.py
-	$(GPU_PYTHON) -m benchmarks.fused_kernels || true  # prints each kernel's time over XLA's; the steps below decide
+
+gpu-kernels:
+	$(GPU_PYTHON) -m benchmarks.fused_kernels || true  # each kernel's time over XLA's; gpu-steps decides
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
 	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
+
+gpu-steps:
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
 	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --matmul-rate 8192 || exit 1; done
 	for flag in '--norm-impl xla' '--mlp-backward pallas'; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 \
