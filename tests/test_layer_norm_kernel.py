@@ -55,9 +55,16 @@ def test_module_matches_flax_layer_norm():
   np.testing.assert_allclose(y, flax_norm.apply(params, x + residual), atol=1e-5)
 
 
-def test_vit_with_the_kernels_matches_vit_without():
-  # Every residual add meets a norm: each block's norm2, block 1's norm1 and the final norm add one in their pass.
-  kw = dict(num_classes=5, patch_size=4, width=24, depth=2, num_heads=2, mlp_dim=48)
+@pytest.mark.parametrize('variant', [
+    dict(),
+    dict(pool='gap'),  # fc_norm after pooling: the last residual add is a plain one
+    dict(pool='gap', fc_norm=False),
+    dict(distilled=True),
+    dict(parallel_blocks=True, layer_scale=0.5),  # two norms per add: the first fused, the second plain
+], ids=['token', 'gap_fc_norm', 'gap_norm', 'distilled', 'parallel_layer_scale'])
+def test_vit_with_the_kernels_matches_vit_without(variant):
+  # Every residual add meets a norm: each block's norm2, the later blocks' norm1 and the final norm add in their pass.
+  kw = dict(num_classes=5, patch_size=4, width=24, depth=2, num_heads=2, mlp_dim=48, **variant)
   images = normal(0, 2, 16, 16, 3)
   xla, pallas = models.create('vit', norm_impl='xla', **kw), models.create('vit', norm_impl='pallas', **kw)
   params = nn.unbox(xla.init(jax.random.key(0), images))['params']
@@ -65,8 +72,8 @@ def test_vit_with_the_kernels_matches_vit_without():
   assert jax.tree.map(jnp.shape, nn.unbox(pallas.init(jax.random.key(0), images))['params']) == jax.tree.map(
       jnp.shape, params)
   loss = lambda model: lambda p: jnp.sum(model.apply({'params': p}, images) ** 2)  # noqa: E731
-  calls = str(jax.make_jaxpr(loss(pallas))(params)).count('pallas_call')
-  assert calls == 5  # block 0's norm1 alone, then four with the residual add
+  if not variant:
+    assert str(jax.make_jaxpr(loss(pallas))(params)).count('pallas_call') == 5  # block 0's norm1 alone, 4 fused
   got, expected = jax.value_and_grad(loss(pallas))(params), jax.value_and_grad(loss(xla))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), got, expected)
 
