@@ -64,11 +64,15 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    features = x.shape[-1]
+    scale, bias = self.scale_and_bias(x.shape[-1])
+    return _normalise(x, scale, bias, self.epsilon, self.dtype or jnp.result_type(x, scale))
+
+  def scale_and_bias(self, features: int) -> tuple[jax.Array, jax.Array]:
+    """The float32 parameters (zeros for the bias without one); call from `__call__`."""
     scale = self.param('scale', self.scale_init, (features,), jnp.float32)
     bias = (self.param('bias', self.bias_init, (features,), jnp.float32) if self.use_bias
             else jnp.zeros((features,), jnp.float32))
-    return _normalise(x, scale, bias, self.epsilon, self.dtype or jnp.result_type(x, scale))
+    return scale, bias
 
 
 class FusedLayerNorm(LayerNorm):
@@ -76,10 +80,7 @@ class FusedLayerNorm(LayerNorm):
 
   @nn.compact
   def __call__(self, x: jax.Array, residual: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
-    features = x.shape[-1]
-    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
-    bias = (self.param('bias', self.bias_init, (features,), jnp.float32) if self.use_bias
-            else jnp.zeros((features,), jnp.float32))
+    scale, bias = self.scale_and_bias(x.shape[-1])
     dtype = self.dtype or jnp.result_type(x, scale)
     interpret = jax.default_backend() == 'cpu'
     if residual is None:

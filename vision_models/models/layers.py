@@ -55,8 +55,8 @@ def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bi
 
   `impl='xla'`: on the CPU our `LayerNorm` with its closed-form backward; elsewhere Flax's, with the same parameters:
   on an H100 ours made ViT-B/16's bfloat16 train step 7.4 ms slower (85.4 against 78.0 ms, benchmarks/RESULTS.md).
-  `impl='pallas'`: `FusedLayerNorm` (one pass each way; `add_layer_norm` fuses the residual add). `auto` is `xla`;
-  a family that measured the kernels faster resolves it itself (`kernel_default`)."""
+  `impl='pallas'`: `FusedLayerNorm` (one pass each way; `add_layer_norm` fuses the residual add). `auto` is `xla`
+  here; a family that takes the kernels on one GPU resolves it first with `kernel_default` (ViT does)."""
   if impl not in KERNEL_IMPLS:
     raise ConfigError(f'unknown norm impl {impl!r}; choose one of {", ".join(KERNEL_IMPLS)}')
   module = FusedLayerNorm if impl == 'pallas' else LayerNorm if jax.default_backend() == 'cpu' else nn.LayerNorm
