@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vision_models import models
+from vision_models import kernels, models
 from vision_models.errors import ConfigError
 from vision_models.models import vit
 
@@ -73,7 +73,6 @@ def test_unknown_model_is_a_config_error():
 def test_tokens_padded_for_the_attention_kernel_change_nothing(pool, monkeypatch):
   # For cuDNN the trunk runs 197 tokens as 198, the padding masked as keys (`kernels.padded_length`); here three
   # padded tokens through the XLA kernel must leave the logits and every gradient as they were.
-  from vision_models import kernels
   model = models.create('vit', num_classes=5, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64, pool=pool)
   images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
   variables = nn.unbox(model.init(jax.random.key(0), images))
