@@ -51,6 +51,8 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
 
 # jax's cuDNN dispatch takes even lengths for training: it passes a placeholder bias when there is none, and biased
 # training kernels need even lengths (jax/_src/cudnn/fused_attention_stablehlo.py, `check_is_flash_attention`).
+# ViT pads its whole trunk to this multiple (`padded_length`): were it ever larger (64 once), it should pad in `_cudnn`
+# alone, or every block would compute the padding too.
 _CUDNN_MULTIPLE = 2
 
 
