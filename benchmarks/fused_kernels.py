@@ -42,7 +42,7 @@ def cases(rows: int, width: int, hidden: int, interpret: bool) -> dict:
 
   def norm_step(fn):
     def step(x, r, ds, dy, scale, bias):
-      out, vjp = jax.vjp(lambda *a: fn(*a), x, r, scale, bias)
+      out, vjp = jax.vjp(fn, x, r, scale, bias)
       return out, vjp((ds, dy))
     return step
 

@@ -70,7 +70,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str, batch: int,
   parser.add_argument('--attn-impl', default=None)
   parser.add_argument('--mlp', default=None, help="the channel mixer, e.g. 'mlp_tanh' (big_vision's tanh GELU)")
   parser.add_argument('--mlp-backward', default=None,
-                      help="mlp_tanh's backward product: 'xla' or 'pallas' (kernels.dgelu_matmul; default: the model's)")
+                      help="mlp_tanh's backward product: 'xla' or 'pallas' (kernels.dgelu_matmul; default: the "
+                      "model's)")
   parser.add_argument('--norm-impl', default=None, help="a ViT's LayerNorm: 'xla' or 'pallas' (default: the model's)")
 
 

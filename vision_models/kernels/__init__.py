@@ -16,7 +16,7 @@ register_impl('pallas', lambda q, k, v, bias=None, causal=False, sm_scale=None: 
     q, k, v, bias=bias, causal=causal, sm_scale=sm_scale))
 register_impl('splash', splash_attention)
 
-__all__ = ['GPU_LAUNCH', 'IMPLS', 'Launch', 'add_layer_norm', 'attention', 'depthwise_conv2d', 'depthwise_conv2d_reference',
-           'dgelu_fits', 'dgelu_matmul', 'flash_attention', 'gelu_tanh_slope', 'layer_norm', 'long_conv', 'long_conv2d',
-           'long_conv2d_direct', 'long_conv2d_fft', 'long_conv_direct', 'long_conv_fft', 'padded_length',
-           'reference_attention', 'register_impl', 'resolve_impl', 'splash_attention']
+__all__ = ['GPU_LAUNCH', 'IMPLS', 'Launch', 'add_layer_norm', 'attention', 'depthwise_conv2d',
+           'depthwise_conv2d_reference', 'dgelu_fits', 'dgelu_matmul', 'flash_attention', 'gelu_tanh_slope',
+           'layer_norm', 'long_conv', 'long_conv2d', 'long_conv2d_direct', 'long_conv2d_fft', 'long_conv_direct',
+           'long_conv_fft', 'padded_length', 'reference_attention', 'register_impl', 'resolve_impl', 'splash_attention']

@@ -47,6 +47,11 @@ def _split_across_devices(axis: str) -> bool:
   return math.prod(mesh.shape.get(name, 1) for name in names) > 1
 
 
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`x [..., in] · kernel [in, out]` through `dot_general`."""
+  return dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
                 preferred_element_type: Any = None, **kwargs) -> jax.Array:
   """`lax.dot_general`; on the CPU a dense layer's weight gradient is a single product over the positions."""

@@ -149,10 +149,10 @@ class Mlp(nn.Module):
     dropout = nn.Dropout(self.dropout, deterministic=not train)
     if (kernel_default(self.backward) == 'pallas' and self.act is gelu_tanh and (self.dropout == 0 or not train)
         and gelu_tail.fits(x, k2)):
-      return gelu_tail.gelu_tail(_matmul(x, k1), b1, k2) + b2
+      return gelu_tail.gelu_tail(cpu_dot.matmul(x, k1), b1, k2) + b2
     pieces = cpu_dot.hidden_chunks(self.hidden_dim, self.hidden_axis)
     split = lambda a, axis=0: jnp.array_split(a, pieces, axis)  # noqa: E731  (its gradient is a concatenation)
-    y = functools.reduce(jnp.add, (_matmul(dropout(self.act(_matmul(x, k1) + b1)), k2)
+    y = functools.reduce(jnp.add, (cpu_dot.matmul(dropout(self.act(cpu_dot.matmul(x, k1) + b1)), k2)
                                    for k1, b1, k2 in zip(split(k1, 1), split(b1), split(k2))))
     return dropout(y + b2)
 
@@ -168,10 +168,6 @@ class _DenseParams(nn.Module):
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
     return (self.param('kernel', with_axes(_DENSE_KERNEL_INIT, self.axes), (in_features, self.features)),
             self.param('bias', with_axes(self.bias_init, self.axes[-1:]), (self.features,)))
-
-
-def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return cpu_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 QK_NORMS = ('layernorm', 'rmsnorm')

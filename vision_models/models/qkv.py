@@ -13,12 +13,8 @@ import jax
 from vision_models.models import cpu_dot
 
 
-def _product(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return cpu_dot.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-
-
 def _as_one_product(x, kernel, bias):
-  qkv = _product(x, kernel.reshape(kernel.shape[0], -1))
+  qkv = cpu_dot.matmul(x, kernel.reshape(kernel.shape[0], -1))
   if bias is not None:  # added to the flat columns, which line up with the product's (cuBLAS takes it as a vector)
     qkv = qkv + bias.reshape(-1)
   qkv = qkv.reshape(*qkv.shape[:-1], *kernel.shape[1:])
@@ -30,7 +26,7 @@ def _as_three_products(x, kernel, bias):
   dim, heads, _, head_dim = kernel.shape
   outputs = []
   for i in range(3):  # flat columns, the bias a vector over them: cuBLAS adds it (a [heads, head_dim] one it did not)
-    y = _product(x, kernel[:, :, i].reshape(dim, heads * head_dim))
+    y = cpu_dot.matmul(x, kernel[:, :, i].reshape(dim, heads * head_dim))
     y = y if bias is None else y + bias[:, i].reshape(-1)
     outputs.append(y.reshape(*y.shape[:-1], heads, head_dim))
   return tuple(outputs)

@@ -100,8 +100,9 @@ class ViT(nn.Module):
   `mixer` names every block's token mixer (`models/mixers.py`: 'attention', 'hyena2d', 'pooling', ...),
   `mixer_overrides` other mixers for block ranges (`{'6:12': 'hyena2d'}`), `mixer_options` their options; `mlp` names
   the channel mixer. `norm_impl` is `layers.layer_norm`'s ('auto': the Pallas kernels, residual add fused, on one
-  GPU; `layers.kernel_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al. 2022; same
-  parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential blocks.
+  GPU; `layers.kernel_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al.
+  2022; same parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential
+  blocks.
   """
   num_classes: int = 1000
   patch_size: int = 16
