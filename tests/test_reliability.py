@@ -129,12 +129,38 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
   corrupt(tmp_path / 'checkpoints' / '6')
   assert trainer.evaluate(tiny_config, str(tmp_path))['step'] == 3
   assert 'cannot be read' in capfd.readouterr().err
-  assert os.listdir(tmp_path / 'corrupt') == ['6']
+  assert not os.path.exists(tmp_path / 'corrupt')  # Readers move nothing.
   tiny_config.total_steps = 9  # Resumes from 3; keeping 2 never deleted the good one.
   trainer.train(tiny_config, str(tmp_path))
+  assert os.listdir(tmp_path / 'corrupt') == ['6']
   assert sorted(os.listdir(tmp_path / 'checkpoints'), key=int) == ['6', '9']
   # The records the corrupted run wrote after step 3 were replaced by the resumed run's (logged every 5 and at the end).
   assert [r['step'] for r in metrics_lib.read(str(tmp_path)) if 'train/loss' in r] == [5, 9]
+
+
+def test_no_readable_checkpoint_stops_and_moves_nothing(tiny_config, tmp_path):
+  tiny_config.total_steps, tiny_config.checkpoint_every, tiny_config.eval_every = 3, 3, 3
+  trainer.train(tiny_config, str(tmp_path))
+  corrupt(tmp_path / 'checkpoints' / '3')
+  tiny_config.total_steps = 6
+  with pytest.raises(TrainingError, match=r'none of the 1 checkpoints in .* reads back .*nothing was moved'):
+    trainer.train(tiny_config, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['3'] and not os.path.exists(tmp_path / 'corrupt')
+  assert max(r['step'] for r in metrics_lib.read(str(tmp_path))) == 3  # The history stays.
+
+
+def test_resume_with_another_optimizer_state_is_a_config_error(tiny_config, tmp_path):
+  """A checkpoint with entries the config lacks (here the EMA) is not corruption: nothing moves, the run stops."""
+  tiny_config.total_steps, tiny_config.checkpoint_every, tiny_config.eval_every = 3, 3, 3
+  tiny_config.optimizer.ema_decay = 0.99
+  trainer.train(tiny_config, str(tmp_path))
+  tiny_config.optimizer.ema_decay = 0.0
+  tiny_config.total_steps = 6
+  with pytest.raises(ConfigError, match=r'checkpoint .*/3 has .* that this config does not'):
+    trainer.train(tiny_config, str(tmp_path))
+  with pytest.raises(ConfigError, match=r'that this config does not'):
+    trainer.evaluate(tiny_config, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['3'] and not os.path.exists(tmp_path / 'corrupt')
 
 
 def test_restore_onto_another_mesh_and_shape_mismatch(tiny_config, tmp_path):

@@ -171,7 +171,7 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   ckpt = _checkpointer(config, workdir)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  start, state = ckpt.restore_latest_good(task.abstract_state())
+  start, state = ckpt.restore_latest_good(task.abstract_state(), set_aside=True)
   if start is None:
     state, start = initial_state(task, init_rng), 0
   elif is_main:
