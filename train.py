@@ -12,7 +12,6 @@ CONFIG, WORKDIR = cli.define_common_flags()
 @cli.clean_errors
 def main(argv):
   del argv
-  host_memory.reuse_freed_memory()  # before anything starts a thread: nothing above imports numpy or JAX
   cli.init_distributed()
   from vision_models.training import trainer
   config = cli.config_or_exit(CONFIG)
@@ -25,4 +24,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Before any thread starts: parsing the flags loads the config, which may import numpy and JAX.
+  host_memory.reuse_freed_memory()
   app.run(main, flags_parser=cli.parse_flags)

@@ -9,8 +9,13 @@ decay 1e-4, 10k warmup steps then cosine, batch 1024."""
 from configs import common
 
 
+EPOCHS = {None: 90, '': 90, '90ep': 90, '150ep': 150, '300ep': 300}
+
+
 def get_config(arg=None):
-  epochs = {None: 90, '': 90, '90ep': 90, '150ep': 150, '300ep': 300}[arg]
+  if arg not in EPOCHS:
+    raise ValueError(f'configs/vit_s16.py takes no argument, "90ep", "150ep" or "300ep", not {arg!r}')
+  epochs = EPOCHS[arg]
   c = common.imagenet(dict(name='vit_s16', pool='gap', posemb='sincos2d', fc_norm=False, dropout=0.0, drop_path=0.0,
                            attn_impl='auto', mlp='mlp_tanh'),  # big_vision's MLP: flax's tanh GELU
                       batch_size=1024, epochs=epochs,

@@ -16,18 +16,31 @@ def run(script, *args, env_extra=None):
                         cwd=ROOT, env=env, timeout=600)
 
 
+def assert_exits_2_with_one_line(tmp_path, config, args, message):
+  proc = run('train.py', f'--config={config}', f'--workdir={tmp_path}', *args)
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and message in lines[0], proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
 @pytest.mark.parametrize('override,message', [
     ('--config.model.name=vit_nope', "unknown model 'vit_nope'"),
     ('--config.data.name=no_such_dataset_xyz', "unknown dataset 'no_such_dataset_xyz'"),
     ('--config.batch_size=3', 'batch_size=3 is not divisible by the data-parallel size 2'),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, digits_dir, override, message):
-  proc = run('train.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
-             f'--config.data.data_dir={digits_dir}', override)
-  assert proc.returncode == 2, proc.stderr
-  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith('error:')]
-  assert len(lines) == 1 and message in lines[0], proc.stderr
-  assert 'Traceback' not in proc.stderr
+  assert_exits_2_with_one_line(tmp_path, 'configs/quickstart.py', [f'--config.data.data_dir={digits_dir}', override],
+                               message)
+
+
+@pytest.mark.parametrize('config,override,message', [
+    ('configs/quickstart.py', '--config.optimizer.ema_decay=0.99', 'unknown config field --config.optimizer.ema_decay'),
+    ('configs/no_such_config.py', '--config.batch_size=8', "No such file or directory: 'configs/no_such_config.py'"),
+    ('configs/vit_s16.py:bogus', '--config.batch_size=8', 'takes no argument, "90ep", "150ep" or "300ep"'),
+])
+def test_bad_config_file_or_field_exits_2_with_one_line(tmp_path, config, override, message):
+  assert_exits_2_with_one_line(tmp_path, config, [override], message)
 
 
 def test_train_then_eval_from_the_command_line(tmp_path, digits_dir):

@@ -25,20 +25,41 @@ def clean_errors(main: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, but a bad flag or config override (wrong type, unknown field) exits 2 with one line."""
+  """absl's flag parsing, but a bad flag, config argument or override (wrong type, unknown field) exits 2 with one
+  line."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
+  except OSError as e:  # the config file does not load (also raised here when an override needs it)
+    _config_file_error(e)
+  except (flags.Error, AttributeError, KeyError, ValueError) as e:
+    # ml_collections raises an unknown field's AttributeError raw, and wraps a config's own error with its traceback
+    # in the message, whose last line names the problem.
+    last = ([line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__])[-1]
+    if isinstance(e, AttributeError):
+      field = next((a.split('=')[0] for a in argv if a.startswith('--config.') and last.strip('"\'') in a), last)
+      last = f'unknown config field {field}: check its spelling against the config file'
+    print(f'error: {last}', file=sys.stderr)
     sys.exit(2)
+
+
+def _config_file_error(error: OSError) -> None:
+  print(f'error: cannot load the config file ({str(error).splitlines()[-1].strip()}); check the --config path',
+        file=sys.stderr)
+  sys.exit(2)
 
 
 def config_or_exit(flag: Any) -> Any:
-  """The parsed `--config`, or exit 2 when it is missing."""
-  if flag.value is None:
+  """The parsed `--config`, or exit 2 when it is missing or its file does not load."""
+  try:
+    value = flag.value
+    if value is not None:
+      value.get('task')  # ml_collections defers a missing or unreadable file's error to the first field read
+  except OSError as e:
+    _config_file_error(e)
+  if value is None:
     print('error: --config=configs/NAME.py is required', file=sys.stderr)
     sys.exit(2)
-  return flag.value
+  return value
 
 
 def init_distributed() -> None:
