@@ -11,6 +11,7 @@ from vision_models.errors import ConfigError
 from vision_models.training import metrics as metrics_lib, trainer
 
 pytestmark = pytest.mark.xdist_group('training')
+BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'  # jax._src.dispatch's name for an XLA compile
 
 
 def test_short_run_on_8_devices_learns_checkpoints_and_resumes(tiny_config, tmp_path):
@@ -24,6 +25,9 @@ def test_short_run_on_8_devices_learns_checkpoints_and_resumes(tiny_config, tmp_
   assert {'train/learning_rate', 'train/accuracy', 'perf/examples_per_sec', 'perf/mfu'} <= set(records[0])
   assert records[0]['perf/model_flops_per_step'] > 1e6 and 0 < records[0]['perf/mfu'] < 1
   assert all(0 <= r['perf/input_wait_fraction'] <= 1 for r in records if 'train/loss' in r)
+  # The first window starts after the compilation, so it is not much slower than the rest.
+  step_seconds = [r['perf/step_seconds'] for r in records if 'perf/step_seconds' in r]
+  assert step_seconds[0] < 3 * np.median(step_seconds[1:]), step_seconds
   assert results['eval/examples'] == 360 and results['eval/accuracy'] > 0.25, results  # chance is 0.1
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15', '30']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
@@ -42,6 +46,22 @@ def test_short_run_on_8_devices_learns_checkpoints_and_resumes(tiny_config, tmp_
   assert len(written['eval/per_class_accuracy']) == 10
 
 
+def test_model_flops_count_every_micro_batch(tiny_config, tmp_path):
+  """XLA's cost analysis counts a loop body once; the figure logged for accumulated micro-batches is the whole
+  batch's. Windows with an evaluation in them time the training steps after it only."""
+  tiny_config.update(total_steps=16, log_every=4, eval_every=7, checkpoint_every=100)
+  flops = {}
+  for accum in (1, 4):
+    tiny_config.grad_accum_steps = accum
+    trainer.train(tiny_config, str(tmp_path / str(accum)))
+    seconds = {r['step']: r for r in metrics_lib.read(str(tmp_path / str(accum))) if 'perf/step_seconds' in r}
+    flops[accum] = seconds[4]['perf/model_flops_per_step']
+    # Step 8's window held step 7's evaluation: it times step 8 alone, not four steps over step 8's time.
+    steady = np.mean([seconds[step]['perf/step_seconds'] for step in (12, 16)])
+    assert seconds[8]['perf/step_seconds'] > 0.6 * steady, seconds
+  assert flops[4] == pytest.approx(flops[1], rel=0.02), flops
+
+
 def test_eval_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):
   with pytest.raises(ConfigError, match='no checkpoint'):
     trainer.evaluate(tiny_config, str(tmp_path))
@@ -58,9 +78,15 @@ def test_eval_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):
 def test_bad_config_fails_before_compiling(tiny_config, tmp_path, field, value, match):
   section, _, key = field.rpartition('.')
   (tiny_config[section] if section else tiny_config)[key] = value
-  with pytest.raises(ConfigError, match=match):
-    trainer.train(tiny_config, str(tmp_path))
-  assert not os.path.exists(tmp_path / 'checkpoints' / '1')
+  compiled = []
+  record = lambda event, seconds, **_: compiled.append(event) if event == BACKEND_COMPILE_EVENT else None  # noqa: E731
+  jax.monitoring.register_event_duration_secs_listener(record)
+  try:
+    with pytest.raises(ConfigError, match=match):
+      trainer.train(tiny_config, str(tmp_path))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(record)
+  assert not compiled
 
 
 def test_unwritable_workdir_is_a_clear_error(tiny_config, tmp_path):

@@ -64,7 +64,8 @@ def jaxpr_flops(jaxpr: Any) -> float:
 def step_flops(jitted: Any, *args: Any) -> float | None:
   """FLOPs of one call of `jitted(*args)` from XLA's cost analysis of its lowered (global, unpartitioned) HLO; where
   the backend has no such analysis (GPUs through the PJRT C API), the matmul and convolution FLOPs of its jaxpr.
-  Custom calls (Pallas, cuDNN kernels) count nothing either way."""
+  Custom calls (Pallas, cuDNN kernels) count nothing either way. XLA counts a loop's body once (the trainer counts a
+  step without gradient accumulation), and a rematerialised forward pass twice."""
   try:
     flops = _cost_flops(jitted.lower(*args).cost_analysis())
     if flops:

@@ -179,8 +179,10 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir)
   writer.truncate_after(start)
   skip_nonfinite = config.get('skip_nonfinite', False)
-  train_step = steps.make_train_step(task.loss_fn(), s.tx, s.lr_schedule, s.mesh, s.state_shardings,
-                                     config.get('grad_accum_steps', 1), skip_nonfinite, task.ema_decay)
+  accum_steps = config.get('grad_accum_steps', 1)
+  make_step = lambda accum: steps.make_train_step(task.loss_fn(), s.tx, s.lr_schedule, s.mesh,  # noqa: E731
+                                                  s.state_shardings, accum, skip_nonfinite, task.ema_decay)
+  train_step = make_step(accum_steps)
   evaluate_fn = task.evaluator()
   eval_every = config.get('eval_every') if evaluate_fn else None
   batches = task.batches(start)
@@ -197,9 +199,11 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
       fetch_start = time.perf_counter()
       batch = parallel.to_global(next(batches), s.mesh)
       input_wait += time.perf_counter() - fetch_start
-      if flops is None:
-        flops = perf.step_flops(train_step, state, batch, step_rng) or 0.0
+      if flops is None:  # XLA's cost analysis counts a loop's body once: count the micro-batches' step unrolled
+        flops = perf.step_flops(make_step(1) if accum_steps > 1 else train_step, state, batch, step_rng) or 0.0
       state, metrics = train_step(state, batch, step_rng)
+      if step == start + 1:  # The first window starts after the compilation, which this call waited for; the step
+        last_time, input_wait = time.perf_counter(), 0.0  # itself runs after the call returns, inside the window.
       if previous is not None and not skip_nonfinite:  # The previous step is done by now: checking it costs no stall.
         guards.check_finite(*previous)
       previous = (step, metrics)
@@ -227,7 +231,7 @@ def run(task: Task, workdir: str) -> dict[str, Any]:
         writer.write(step, results)
         if is_main:
           bar.write(f'step {step}: {task.eval_line(results)}')
-        last_time, input_wait = time.perf_counter(), 0.0  # Evaluation time is not training throughput.
+        last_time, last_step, input_wait = time.perf_counter(), step, 0.0  # Evaluation is not training throughput.
       if due_save:
         ckpt.save(step, state, force=preempted)
       if preempted:
