@@ -59,10 +59,19 @@ def info(name: str, data_dir: str | None) -> DatasetInfo:
                      {split: s.num_examples for split, s in b.info.splits.items()})
 
 
+def split_size(name: str, split: str, data_dir: str | None, field: str = 'split') -> int:
+  """Examples in `split` (TFDS syntax: 'train', 'train[:90%]'); a ConfigError naming `field` when there is no such
+  split."""
+  b = builder(name, data_dir)
+  try:
+    return b.info.splits[split].num_examples
+  except Exception:  # ValueError or KeyError, by TFDS version
+    raise ConfigError(f'dataset {name!r} has no split {split!r} ({field}); it has {", ".join(b.info.splits)}') from None
+
+
 def _load(name: str, split: str, data_dir: str | None, shuffle_files: bool, seed: int) -> tf.data.Dataset:
   b = builder(name, data_dir)
-  if split not in b.info.splits and split.split('[')[0] not in b.info.splits:
-    raise ConfigError(f'dataset {name!r} has no split {split!r}; it has {", ".join(b.info.splits)}')
+  split_size(name, split, data_dir)
   host_split = tfds.split_for_jax_process(split, process_index=jax.process_index(),
                                           process_count=jax.process_count())
   read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=False)
@@ -148,8 +157,7 @@ def eval_batches(name: str, split: str, data_dir: str | None, pp_spec: str, per_
                  on_corrupt: str = 'skip') -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` in full batches; padding examples carry `mask` 0 so every host runs as many steps."""
   pp = preprocess.parse(pp_spec)
-  b = builder(name, data_dir)
-  total = b.info.splits[split].num_examples
+  total = split_size(name, split, data_dir)
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / per_host_batch)
   ds = _preprocessed(_load(name, split, data_dir, shuffle_files=False, seed=0), 0, pp, on_corrupt)
   it = _numpy(ds.batch(per_host_batch).prefetch(tf.data.AUTOTUNE))

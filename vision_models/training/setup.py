@@ -84,6 +84,9 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   if workdir is not None:
     check_writable(workdir)
   dataset = data.info(config.data.name, config.data.get('data_dir'))
+  for field in ('train_split', 'eval_split'):
+    if config.data.get(field):
+      data.split_size(config.data.name, config.data[field], config.data.get('data_dir'), f'config.data.{field}')
   for field in ('pp_train', 'pp_eval'):
     data.preprocess.parse(config.data[field])
   if config.data.get('on_corrupt', 'skip') not in data.ON_CORRUPT:
