@@ -46,16 +46,25 @@ gpu-tests:
 	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_flash_attention_gpu.py tests/test_device_preprocess_gpu.py \
 	  tests/test_layer_norm_kernel_gpu.py tests/test_gelu_matmul_gpu.py
 
+# Each bar is the issue's; every command runs, and the target fails when any missed its bar.
 gpu-kernels:
-	$(GPU_PYTHON) -m benchmarks.fused_kernels || true  # each kernel's time over XLA's; gpu-steps decides
-	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30
-	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30
+	status=0; \
+	$(GPU_PYTHON) -m benchmarks.fused_kernels || status=1; \
+	$(GPU_PYTHON) -m benchmarks.attention --seqs 197 --batch 256 --heads 12 --dtype bfloat16 --repeats 30 \
+	  --max-ratio 1.25 || status=1; \
+	$(GPU_PYTHON) -m benchmarks.attention --seqs 4096 --batch 4 --heads 16 --dtype bfloat16 --repeats 30 \
+	  --max-ratio 1.25 || status=1; \
+	exit $$status
 
+# MFU >= 50% with the best attention (cudnn) and ours at least timm's speed; then each change's A/B row.
 gpu-steps:
+	status=0; \
 	for impl in cudnn pallas; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 --batch 256 --dtype bfloat16 \
-	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --matmul-rate 8192 || exit 1; done
+	  --mlp mlp_tanh --attn-impl $$impl --steps 15 --warmup 3 --against-timm --min-ratio 1.0 --matmul-rate 8192 \
+	  $$([ $$impl = cudnn ] && echo --min-mfu 0.5) || status=1; done; \
 	for flag in '--norm-impl xla' '--mlp-backward pallas'; do $(GPU_PYTHON) -m benchmarks.train_step --model vit_b16 \
-	  --batch 256 --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn $$flag --steps 15 --warmup 3 || exit 1; done
+	  --batch 256 --dtype bfloat16 --mlp mlp_tanh --attn-impl cudnn $$flag --steps 15 --warmup 3 || status=1; done; \
+	exit $$status
 
 # JAX's CUDA plugin for the installed jax, outside the venv (tests/test_gpu_hlo.py uses it when it is there).
 .gpu-hlo/jax_plugins: $(VENV)/.installed-test

@@ -225,6 +225,8 @@ def main(argv=None) -> int:
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--against-timm', action='store_true')
   parser.add_argument('--min-ratio', type=float, default=None, help='exit 1 when ours / timm is below this')
+  parser.add_argument('--min-mfu', type=float, default=None,
+                      help="exit 1 when our step's MFU is below this, or unknown (issue 9: 0.5 on an H100)")
   parser.add_argument('--pp-device', default=None, help='also time the step augmenting uint8 images with this spec')
   parser.add_argument('--matmul-rate', type=int, default=None, metavar='N',
                       help="also time an [N, N] product in each side's library and report the steps' product FLOP "
@@ -255,13 +257,16 @@ def main(argv=None) -> int:
     added = augmented['step_seconds'] - result['step_seconds']
     print(json.dumps({'model': args.model, 'pp_device': args.pp_device, 'augment_seconds': added,
                       'augment_fraction_of_step': added / result['step_seconds']}), flush=True)
+  failed = args.min_mfu is not None and not (result.get('mfu') or 0.0) >= args.min_mfu
+  if failed:
+    print(f"MFU {result.get('mfu')} is below --min-mfu {args.min_mfu}", file=sys.stderr)
   if not args.against_timm:
-    return 0
+    return int(failed)
   reference = others[0]
   print(json.dumps(reference), flush=True)
   ratio = result['examples_per_sec'] / reference['examples_per_sec']
   print(json.dumps({'model': args.model, 'ours_over_timm': ratio}), flush=True)
-  return 1 if args.min_ratio is not None and ratio < args.min_ratio else 0
+  return 1 if failed or (args.min_ratio is not None and ratio < args.min_ratio) else 0
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import fused_kernels, input_pipeline, train_step
+from benchmarks import attention, fused_kernels, input_pipeline, train_step
 from vision_models.errors import ConfigError
 
 
@@ -96,3 +96,12 @@ def test_fused_kernels_checks_the_kernels_against_xla_and_can_fail(capsys, monke
   assert [(s['op'], s['ok']) for s in summaries] == [('add_layer_norm', True), ('dgelu_matmul', True)]
   monkeypatch.setattr(fused_kernels.kernels, 'dgelu_matmul', lambda dy, w, pre, interpret: (pre, pre[0]))
   assert fused_kernels.main([]) == 1
+
+
+def test_the_gpu_bars_fail_where_they_cannot_be_checked(capsys):
+  """`--min-mfu` and `--max-ratio` (make gpu-steps, gpu-kernels) fail on the CPU, which has no peak and no cuDNN."""
+  assert train_step.main(['--model', 'vit_ti16', '--resolution', '32', '--steps', '2', '--warmup', '1',
+                          '--min-mfu', '0.5']) == 1
+  assert attention.main(['--seqs', '64', '--repeats', '1']) == 0
+  assert attention.main(['--seqs', '64', '--repeats', '1', '--max-ratio', '1.25']) == 1
+  assert 'needs cuDNN' in capsys.readouterr().err
