@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from vision_models import models, parallel
-from vision_models.diffusion import respace, train_step
+from vision_models.diffusion import respace, train_step, trainer as diffusion_trainer
 from vision_models.errors import ConfigError
 from vision_models.training import trainer
 
@@ -91,3 +91,19 @@ def test_unknown_task_is_a_config_error(tmp_path):
   config.task = 'segmentation'
   with pytest.raises(ConfigError, match='config.task'):
     trainer.train(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('respacing', 'abc', 'config.sample.respacing'),
+    ('method', 'euler', 'config.sample.method'),
+    ('batch_size', 3, 'config.sample.batch_size'),
+    ('guidance_channels', 2, 'config.sample.guidance_channels'),
+    ('classifier_config', 'configs/quickstart.py', 'config.sample.classifier_workdir'),
+])
+def test_bad_sample_config_fails_at_build(tmp_path, digits_dir, field, value, message):
+  """Before the checkpoint is restored or anything compiles, so a bad eval setting fails in seconds."""
+  config = digits_config(str(tmp_path))
+  config.data.data_dir = digits_dir
+  config.sample[field] = value
+  with pytest.raises(ConfigError, match=message):
+    diffusion_trainer.build(config)
