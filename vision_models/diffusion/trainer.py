@@ -245,8 +245,7 @@ def save_grid(path: str, images: np.ndarray, labels: np.ndarray, columns: int = 
 def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str, workdir: str) -> dict[str, Any]:
   """Top-1 accuracy of the classifier in `workdir` (trained from `config_path` first if it has no checkpoint) on
   uint8 images, preprocessed by the classifier's own `pp_eval`."""
-  import tensorflow as tf
-  from vision_models.data import preprocess
+  from vision_models.data.images import preprocess_arrays
   from vision_models.training import state as state_lib, steps, trainer as cls_trainer
 
   config = setup_lib.load_config(config_path, 'sample.classifier_config')
@@ -258,10 +257,7 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
   s = setup_lib.build(config, workdir)
   state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
   ckpt.close()
-  pp = preprocess.parse(config.data.pp_eval)
-  ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels.astype(np.int64)}).enumerate()
-  ds = ds.map(lambda i, ex: pp(ex, tf.stack([tf.constant(0, tf.int64), i]))).batch(len(images))
-  processed = next(ds.as_numpy_iterator())
+  processed = preprocess_arrays({'image': images, 'label': labels.astype(np.int64)}, config.data.pp_eval)
   eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
   batch, hits, per_class = s.config.batch_size, 0.0, np.zeros((2, s.dataset.num_classes))
   for i in range(0, len(images), batch):  # Single-host: the samples were gathered on every host.
@@ -273,8 +269,9 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
         'mask': np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}))
     hits += float(sums['top1'])
     per_class += np.stack([sums['class_hits'], sums['class_count']])
+  accuracy = per_class[0] / np.maximum(per_class[1], 1)
   return {'eval/classifier_accuracy': hits / len(images),
-          'eval/classifier_per_class_accuracy': [round(float(a), 4) for a in per_class[0] / np.maximum(per_class[1], 1)]}
+          'eval/classifier_per_class_accuracy': [round(float(a), 4) for a in accuracy]}
 
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
