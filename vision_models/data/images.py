@@ -68,8 +68,8 @@ def mapped_batches(source: tfds.core.DatasetBuilder, split: str, fn: Callable[[n
 
 def store_latents(name: str, out: str, latent_shape: tuple[int, ...], labels: Sequence[str], description: str,
                   split_examples: dict[str, Iterator[tuple[int, dict]]]) -> None:
-  """Writes the TFDS dataset `name` (version 1.0.0) into `out`: float32 `latent` and `label` (named `labels`) features, each split's
-  `(key, example)` pairs."""
+  """Writes the TFDS dataset `name` (version 1.0.0) into `out`: float32 `latent` and `label` (named `labels`)
+  features, each split's `(key, example)` pairs."""
   tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version='1.0.0', data_dir=out,
       features=tfds.features.FeaturesDict({
