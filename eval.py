@@ -28,7 +28,7 @@ def main(argv):
   config = cli.config_or_exit(CONFIG)
   if CHECKPOINT.value:
     results = evaluation.evaluate_checkpoint(config, CHECKPOINT.value, WORKDIR.value, RESOLUTION.value)
-  elif RESOLUTION.value and config.get('task', 'classification') == 'classification':
+  elif RESOLUTION.value is not None:
     results = evaluation.evaluate_workdir(config, WORKDIR.value, RESOLUTION.value)
   else:
     results = trainer.evaluate(config, WORKDIR.value)

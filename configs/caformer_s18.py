@@ -9,6 +9,8 @@
 # Augmentation: RandAugment rand-m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, random erasing 0.25, random-resized
 # crop (bicubic); timm's colour jitter is off whenever RandAugment is on.
 """CAFormer-S18 on ImageNet-1k from scratch (Yu et al. 2023, MetaFormer Baselines for Vision)."""
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -20,8 +22,8 @@ def get_config(arg=None):
                       train=common.pp_train(224, randaug='randaugment()', erasing=0.25),
                       eval=common.pp_eval(224, crop_pct=1.0))
   epoch = common.steps_per_epoch(c.batch_size)
-  c.optimizer = dict(name='lamb', learning_rate=8e-3, weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=None,
-                     warmup_steps=20 * epoch, schedule='cosine', end_lr=1e-5)
+  c.optimizer = dict(name='lamb', learning_rate=8e-3, weight_decay=0.05, b1=0.9, b2=0.999,
+                     grad_clip=config_dict.placeholder(float), warmup_steps=20 * epoch, schedule='cosine', end_lr=1e-5)
   c.label_smoothing = 0.1
   c.mixup = common.timm_mixup()
   return c

@@ -6,6 +6,8 @@
 # Time:     ~1.0e19 training FLOPs (4.47 GMACs x 2 x 3 x 1.28M images x 300 epochs): about 10 h of pure compute on
 #           8 x H100 at 30% bf16 MFU; depthwise convs and the input pipeline make real runs slower (estimate).
 """ConvNeXt-T on ImageNet-1k from scratch (facebookresearch/ConvNeXt TRAINING.md)."""
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -17,8 +19,9 @@ def get_config(arg=None):
                       train=common.pp_train(224, randaug='randaugment()', erasing=0.25),
                       eval=common.pp_eval(224, crop_pct=0.875))
   epoch = common.steps_per_epoch(c.batch_size)
-  c.optimizer = dict(name='adamw', learning_rate=4e-3, weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=None,
-                     warmup_steps=20 * epoch, schedule='cosine', end_lr=1e-6, ema_decay=0.9999)
+  c.optimizer = dict(name='adamw', learning_rate=4e-3, weight_decay=0.05, b1=0.9, b2=0.999,
+                     grad_clip=config_dict.placeholder(float), warmup_steps=20 * epoch, schedule='cosine', end_lr=1e-6,
+                     ema_decay=0.9999)
   c.label_smoothing = 0.1
   c.mixup = common.timm_mixup()
   return c

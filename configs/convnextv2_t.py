@@ -9,6 +9,8 @@
 # Time:     ~1.0e19 training FLOPs (4.47 GMACs x 6 x 1.28M x 300): about 10 h of pure compute on 8 x H100 at 30% bf16
 #           MFU; real runs are slower (estimate).
 """ConvNeXt V2-T on ImageNet-1k with the V2 Tiny fine-tuning recipe."""
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -21,8 +23,8 @@ def get_config(arg=None):
                       eval=common.pp_eval(224, crop_pct=0.875))
   epoch = common.steps_per_epoch(c.batch_size)
   c.optimizer = dict(name='adamw', learning_rate=8e-4 * c.batch_size / 256, weight_decay=0.05, b1=0.9, b2=0.999,
-                     grad_clip=None, warmup_steps=40 * epoch, schedule='cosine', end_lr=1e-6, layer_decay=0.9,
-                     layer_decay_scheme='block', ema_decay=0.9999)
+                     grad_clip=config_dict.placeholder(float), warmup_steps=40 * epoch, schedule='cosine', end_lr=1e-6,
+                     layer_decay=0.9, layer_decay_scheme='block', ema_decay=0.9999)
   c.label_smoothing = 0.1
   c.mixup = common.timm_mixup()
   return c

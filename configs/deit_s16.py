@@ -7,6 +7,8 @@
 #           MFU (estimate).
 # The model is our `vit_s16` (DeiT-S is ViT-S/16; the distilled variant is `deit_s16_distilled`, which needs a teacher).
 """DeiT-S/16 on ImageNet-1k from scratch (facebookresearch/deit)."""
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -19,7 +21,8 @@ def get_config(arg=None):
   c.data.repeated_aug = 3
   epoch = common.steps_per_epoch(c.batch_size)
   c.optimizer = dict(name='adamw', learning_rate=5e-4 * c.batch_size / 512, weight_decay=0.05, b1=0.9, b2=0.999,
-                     grad_clip=None, warmup_steps=5 * epoch, schedule='cosine', end_lr=1e-5, ema_decay=0.99996)
+                     grad_clip=config_dict.placeholder(float), warmup_steps=5 * epoch, schedule='cosine', end_lr=1e-5,
+                     ema_decay=0.99996)
   c.label_smoothing = 0.1
   c.mixup = common.timm_mixup()
   return c

@@ -29,7 +29,7 @@ def get_config(arg=None):
                      warmup_steps=100, schedule='cosine', end_lr=1e-5)
   c.ema_decay = 0.999
   c.sample = dict(num_samples=1_000, batch_size=200, respacing='100', method='ddpm', eta=0.0, cfg_scale=4.0,
-                  guidance_channels=None, seed=0,
+                  guidance_channels=config_dict.placeholder(int), seed=0,
                   classifier_config='configs/quickstart.py', classifier_workdir='workdirs/quickstart')
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = parallel.DEFAULT_RULES

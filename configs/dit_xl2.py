@@ -12,6 +12,7 @@ warmup, global batch 256, EMA 0.9999, horizontal flips only, label dropout 0.1, 
 1000 linear-β steps; sampling with 250 respaced DDPM steps and cfg 1.5 on the first 3 latent channels (as the
 official `forward_with_cfg`)."""
 import ml_collections
+from ml_collections import config_dict
 
 from vision_models import parallel
 
@@ -22,8 +23,8 @@ def get_config(arg=None):
   c.task = 'diffusion'
   c.seed = 0
   c.model = dict(name='dit_xl2', class_dropout_prob=0.1, learn_sigma=True, attn_impl='auto', remat=False)
-  c.data = dict(name='imagenet2012_latents256', data_dir=None, train_split='train', image_size=32, channels=4,
-                feature='latent', shuffle_buffer=50_000, pp_train='keep("latent", "label")')
+  c.data = dict(name='imagenet2012_latents256', data_dir=config_dict.placeholder(str), train_split='train',
+                image_size=32, channels=4, feature='latent', shuffle_buffer=50_000, pp_train='keep("latent", "label")')
   c.diffusion = dict(num_timesteps=1000)
   c.batch_size = 256
   # 1400 epochs of 5,004 steps (700 passes over the mirrored latents); the paper's ablations stop at 400K.
@@ -32,8 +33,8 @@ def get_config(arg=None):
                      warmup_steps=0, schedule='constant')
   c.ema_decay = 0.9999
   c.sample = dict(num_samples=50_000, batch_size=256, respacing='250', method='ddpm', eta=0.0, cfg_scale=1.5,
-                  guidance_channels=3, seed=0, classifier_config=None, classifier_workdir=None,
-                  vae='sd-vae-ft-ema/diffusion_pytorch_model.safetensors')
+                  guidance_channels=3, seed=0, vae='sd-vae-ft-ema/diffusion_pytorch_model.safetensors',
+                  classifier_config=config_dict.placeholder(str), classifier_workdir=config_dict.placeholder(str))
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = parallel.DEFAULT_RULES
   c.log_every = 100

@@ -9,6 +9,8 @@
 # Augmentation: RandAugment rand-m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, random erasing 0.25, random-resized
 # crop (bicubic); timm's colour jitter is off whenever RandAugment is on.
 """PoolFormer-S12 on ImageNet-1k from scratch (Yu et al. 2022, MetaFormer is Actually What You Need for Vision)."""
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -20,7 +22,7 @@ def get_config(arg=None):
                       eval=common.pp_eval(224, crop_pct=0.9))
   epoch = common.steps_per_epoch(c.batch_size)
   c.optimizer = dict(name='adamw', learning_rate=1e-3 * c.batch_size / 1024, weight_decay=0.05, b1=0.9, b2=0.999,
-                     grad_clip=None, warmup_steps=5 * epoch, schedule='cosine', end_lr=1e-5)
+                     grad_clip=config_dict.placeholder(float), warmup_steps=5 * epoch, schedule='cosine', end_lr=1e-5)
   c.label_smoothing = 0.1
   c.mixup = common.timm_mixup()
   return c

@@ -43,6 +43,15 @@ def test_bad_config_file_or_field_exits_2_with_one_line(tmp_path, config, overri
   assert_exits_2_with_one_line(tmp_path, config, [override], message)
 
 
+def test_resolution_with_a_diffusion_config_exits_2(tmp_path, digits_dir):
+  """eval.py --resolution evaluates classifiers; a diffusion config samples at its own size (not silently)."""
+  proc = run('eval.py', '--config=configs/dit_digits.py', f'--workdir={tmp_path}',
+             f'--config.data.data_dir={digits_dir}', '--resolution=16')
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: --resolution=16 evaluates a classifier')
+  assert 'Traceback' not in proc.stderr
+
+
 def test_train_then_eval_from_the_command_line(tmp_path, digits_dir):
   common = ['--config=configs/quickstart.py', f'--workdir={tmp_path}', f'--config.data.data_dir={digits_dir}']
   small = ['--config.total_steps=10', '--config.log_every=5', '--config.eval_every=10',

@@ -1,7 +1,6 @@
 """The colabs: every notebook runs top to bottom without an error (nbclient, a kernel on this interpreter, the digits
 from the test data dir, training shortened to a few steps), and the repository holds them without outputs."""
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -57,8 +56,6 @@ def test_notebook_runs(name, kernel):
   pytest.importorskip('ipykernel')
   import nbclient
   import nbformat
-  if name == 'diffusion' and importlib.util.find_spec('vision_models.models.dit') is None:
-    pytest.skip('the DiT model is not in this checkout yet')
   nb = nbformat.read(os.path.join(ROOT, 'colabs', f'{name}.ipynb'), as_version=4)
   shorten(nb)
   client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=600,

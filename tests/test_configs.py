@@ -4,6 +4,7 @@ quickstarts on the local digits dataset. Their preprocessing strings, optimizer,
 import importlib
 import os
 
+import ml_collections
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,3 +108,38 @@ def test_config_trains_two_steps(name, request, tmp_path):
   results = trainer.train(config, str(tmp_path))
   assert results, f'configs/{name}.py: training returned no evaluation'
   assert os.path.isdir(tmp_path / 'checkpoints' / '2')
+
+
+def unoverridable(config, prefix=''):
+  """Dotted paths of the fields typed NoneType (a plain None): `--config.PATH=v` refuses to override them."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from unoverridable(value, f'{prefix}{key}.')
+    elif config.get_type(key) is type(None):
+      yield f'{prefix}{key}'
+
+
+@pytest.mark.parametrize('name', CONFIGS + ARG_VARIANTS)
+def test_every_field_can_be_overridden(name):
+  fields = list(unoverridable(load(name)))
+  assert not fields, f'configs/{name}.py: use config_dict.placeholder(type) instead of None for {fields}'
+
+
+@pytest.mark.parametrize('name,path,value', [
+    ('dit_xl2', 'data.data_dir', '/data/latents'),
+    ('dit_xl2', 'sample.classifier_config', 'configs/quickstart.py'),
+    ('dit_xl2', 'sample.classifier_workdir', 'workdirs/quickstart'),
+    ('dit_digits', 'sample.guidance_channels', 1),
+    ('convnext_t', 'optimizer.grad_clip', 1.0),
+])
+def test_unset_field_overrides_from_the_command_line(name, path, value):
+  """The flag parsing train.py and eval.py use, on fields that default to None."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ['prog', f'--config={ROOT}/configs/{name}.py', f'--config.{path}={value}']
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  section, field = path.split('.')
+  assert flag_values.config[section][field] == value
+  assert load(name)[section].get(field) is None  # Left unset, it reads as None, as the code expects.

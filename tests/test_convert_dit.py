@@ -24,8 +24,8 @@ if not os.path.isdir(FIXTURES):  # Worktrees sit one level deeper than the CI cl
 @pytest.fixture(scope='module')
 def fixture():
   path = os.path.join(FIXTURES, 'dit_tiny_official.npz')
-  if not os.path.exists(path):
-    pytest.skip(f'{path} not found')
+  if not os.path.exists(path):  # Part of the project's shared data: missing, the parity tests fail, never skip.
+    pytest.fail(f'{path} not found: restore shared/fixtures (see its README.md)')
   return dict(np.load(path))
 
 
@@ -61,7 +61,7 @@ def test_guidance_matches_official_forward_with_cfg(fixture, converted):
   assert float(np.abs(np.asarray(got) - want[:half]).max()) <= 1e-4
   # The official second half: the same guided channels, the rest from the unconditional pass (x is [half, half]).
   uncond = model_fn(x, t, y)[half:]
-  np.testing.assert_allclose(want[half:, ..., :3], want[:half, ..., :3], atol=1e-6)
+  assert float(np.abs(np.asarray(got[..., :3]) - want[half:, ..., :3]).max()) <= 1e-4
   assert float(np.abs(np.asarray(uncond[..., 3:]) - want[half:, ..., 3:]).max()) <= 1e-4
 
 

@@ -105,3 +105,19 @@ def test_undecodable_images_fail_clearly_when_configured(corrupt_dir):
   with pytest.raises(TrainingError, match="cannot be preprocessed.*on_corrupt='skip'"):
     for _ in range(5):
       next(batches)
+
+
+def test_preprocess_arrays_keys_example_i_with_0_i():
+  """The diffusion trainer scores samples through the classifier's pp_eval this way: one batch, the key of example i
+  is [0, i], as the per-example call below."""
+  import tensorflow as tf
+  from vision_models.data.images import preprocess_arrays
+  rng = np.random.default_rng(0)
+  images, labels = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, 5)
+  got = preprocess_arrays({'image': images, 'label': labels}, PP)
+  assert got['image'].shape == (5, 16, 16, 1) and got['image'].dtype == np.float32
+  pp = preprocess.parse(PP)
+  for i in range(5):
+    want = pp({'image': tf.constant(images[i]), 'label': tf.constant(labels[i])}, tf.constant([0, i], tf.int64))
+    np.testing.assert_array_equal(got['image'][i], want['image'].numpy())
+  np.testing.assert_array_equal(got['label'], labels)

@@ -155,6 +155,12 @@ def test_space_timesteps():
     diffusion.space_timesteps(1000, 'ddim999')
 
 
+@pytest.mark.parametrize('spec', ['abc', 'ddimx', '250,', 'ddim', '0', '-5', '10,-1'])
+def test_bad_respacing_is_a_config_error_naming_the_field(spec):
+  with pytest.raises(ConfigError, match='config.sample.respacing'):
+    diffusion.space_timesteps(1000, spec)
+
+
 def test_respaced_betas_keep_alpha_bar(proc):
   spaced = diffusion.create('250')
   kept = np.array(diffusion.space_timesteps(1000, '250'))

@@ -1,52 +1,16 @@
 """The diffusion train step on the 8-device CPU mesh (EMA, determinism, shardings) and the task switch of the trainer
-end to end: train, resume, sample to samples.npz / samples.png / eval.json."""
+end to end: train, resume, sample to samples.npz / samples.png / eval.json; bad sample settings fail at build."""
 import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
-from vision_models import models, parallel
-from vision_models.diffusion import respace, train_step
+from vision_models.diffusion import trainer as diffusion_trainer
 from vision_models.errors import ConfigError
-from vision_models.training import trainer
-
-SHAPE = (8, 8, 1)
-
-
-def tiny_model():
-  return models.create('dit', input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                       num_classes=10)
-
-
-def test_train_step_updates_params_and_ema():
-  mesh = parallel.make_mesh(dict(data=-1))
-  model, tx = tiny_model(), optax.adam(1e-2)
-  shardings = train_step.shardings(model, tx, SHAPE, mesh)
-  assert shardings.ema_params == shardings.params
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.uniform(-1, 1, (16, *SHAPE)).astype(np.float32), 'label': np.arange(16, dtype=np.int32) % 10}
-  step = train_step.make_train_step(model, tx, lambda s: 1e-2, respace.create(), mesh, shardings, ema_decay=0.9)
-  state = train_step.create(model, tx, SHAPE, jax.random.key(0), shardings)
-  initial = jax.device_get(state)  # The step donates its input state: keep a host copy.
-  params0 = initial.params
-  state, metrics = step(state, batch, jax.random.key(1))
-  params1 = jax.device_get(state.params)
-  assert int(state.step) == 1 and np.isfinite(metrics['train/loss'])
-  np.testing.assert_allclose(float(metrics['train/loss']), float(metrics['train/mse'] + metrics['train/vb']),
-                             rtol=1e-5)
-  # The EMA starts at the initial weights and moves 10% of the way to the new ones.
-  want = jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b, params0, params1)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(state.ema_params),
-               want)
-  assert not np.allclose(params0['final_linear']['kernel'], params1['final_linear']['kernel'])
-  # Timesteps, noise and label dropout are functions of (rng, step): a rerun is identical.
-  _, metrics_again = step(jax.device_put(initial, shardings), batch, jax.random.key(1))
-  assert float(metrics_again['train/loss']) == float(metrics['train/loss'])
-
+from vision_models.training import steps, trainer
 
 def digits_config(workdir):
   c = ml_collections.ConfigDict()
@@ -66,6 +30,37 @@ def digits_config(workdir):
   c.checkpoint_every = 1
   c.keep_checkpoints = 2
   return c
+
+
+def test_train_step_updates_params_and_ema(tmp_path, digits_dir):
+  """The step the training loop builds (`training.trainer.run`): the shared step with `DiffusionTask.loss_fn`."""
+  config = digits_config(str(tmp_path))
+  config.data.data_dir = digits_dir
+  config.ema_decay = 0.9
+  task = diffusion_trainer.DiffusionTask(config, str(tmp_path))
+  s = task.s
+  assert s.state_shardings.ema_params == s.state_shardings.params
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(-1, 1, (16, *s.input_shape)).astype(np.float32),
+           'label': np.arange(16, dtype=np.int32) % 10}
+  step = steps.make_train_step(task.loss_fn(), s.tx, s.lr_schedule, s.mesh, s.state_shardings,
+                               ema_decay=task.ema_decay)
+  state = task.create_state(jax.random.key(0))
+  initial = jax.device_get(state)  # The step donates its input state: keep a host copy.
+  params0 = initial.params
+  state, metrics = step(state, batch, jax.random.key(1))
+  params1 = jax.device_get(state.params)
+  assert int(state.step) == 1 and np.isfinite(metrics['train/loss'])
+  np.testing.assert_allclose(float(metrics['train/loss']), float(metrics['train/mse'] + metrics['train/vb']),
+                             rtol=1e-5)
+  # The EMA starts at the initial weights and moves 10% of the way to the new ones.
+  want = jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b, params0, params1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(state.ema_params),
+               want)
+  assert not np.allclose(params0['final_linear']['kernel'], params1['final_linear']['kernel'])
+  # Timesteps, noise and label dropout are functions of (rng, step): a rerun is identical.
+  _, metrics_again = step(jax.device_put(initial, s.state_shardings), batch, jax.random.key(1))
+  assert float(metrics_again['train/loss']) == float(metrics['train/loss'])
 
 
 @pytest.mark.slow
@@ -91,3 +86,19 @@ def test_unknown_task_is_a_config_error(tmp_path):
   config.task = 'segmentation'
   with pytest.raises(ConfigError, match='config.task'):
     trainer.train(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('respacing', 'abc', 'config.sample.respacing'),
+    ('method', 'euler', 'config.sample.method'),
+    ('batch_size', 3, 'config.sample.batch_size'),
+    ('guidance_channels', 2, 'config.sample.guidance_channels'),
+    ('classifier_config', 'configs/quickstart.py', 'config.sample.classifier_workdir'),
+])
+def test_bad_sample_config_fails_at_build(tmp_path, digits_dir, field, value, message):
+  """Before the checkpoint is restored or anything compiles, so a bad eval setting fails in seconds."""
+  config = digits_config(str(tmp_path))
+  config.data.data_dir = digits_dir
+  config.sample[field] = value
+  with pytest.raises(ConfigError, match=message):
+    diffusion_trainer.build(config)

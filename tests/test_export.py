@@ -18,6 +18,7 @@ from PIL import Image
 
 import vision_models
 from vision_models import export, models, predict
+from vision_models.data.images import load_images
 from vision_models.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_train_export_load_predict(tiny_config, tmp_path, capsys, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, exported, variables)
 
   paths, labels = write_pngs(config.data.data_dir, tmp_path)
-  images = predict.load_images(paths, config.data.pp_eval, channels=1)
+  images = load_images(paths, config.data.pp_eval, channels=1)
   assert images.shape == (3, 16, 16, 1) and images.min() >= -1 and images.max() <= 1
   apply = jax.jit(lambda v, x: module.apply(v, x, train=False))
   expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
@@ -159,7 +160,7 @@ def test_bad_input(tmp_path, tiny_config):
   with pytest.raises(ConfigError, match='not found'):
     predict.run(str(tmp_path), [str(tmp_path / 'missing.png')])
   with pytest.raises(ConfigError, match='cannot read'):
-    predict.load_images([str(blocker)], 'decode(1)|resize(16)')
+    load_images([str(blocker)], 'decode(1)|resize(16)')
   # The command line: one line on stderr, exit code 2, no traceback.
   result = subprocess.run([sys.executable, '-m', 'vision_models.export', '--config', 'configs/quickstart.py',
                            '--workdir', str(tmp_path / 'empty'), '--out', str(tmp_path / 'out')],

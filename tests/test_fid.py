@@ -146,3 +146,35 @@ def test_command_line_scores_images_and_writes_statistics(torch_inception, tmp_p
   with pytest.raises(SystemExit) as exit_info:
     fid.main(['--inception', str(tmp_path / 'missing.pth'), '--images', str(tmp_path / 'samples.npz')])
   assert exit_info.value.code == 2 and 'not found' in capsys.readouterr().err
+
+
+def test_command_line_scores_grayscale_samples_as_rgb(tmp_path, capsys, monkeypatch):
+  """dit_digits writes 1-channel samples: scored as their 3-channel copies (pytorch-fid's convert('RGB'))."""
+  import json
+
+  import jax
+  module = fid.InceptionV3(resize=False)  # 75x75 inputs (the smallest the network takes) keep this fast.
+  variables = module.init(jax.random.key(0), np.zeros((1, 75, 75, 3), np.float32))
+  monkeypatch.setattr(fid, 'load_inception', lambda path: (module, variables))
+  gray = np.random.default_rng(2).integers(0, 256, (3, 75, 75, 1), dtype=np.uint8)
+  stats = []
+  for name, images in (('gray', gray), ('rgb', gray.repeat(3, axis=-1))):
+    np.savez(tmp_path / f'{name}.npz', images=images)
+    fid.main(['--inception', 'stubbed', '--images', str(tmp_path / f'{name}.npz'), '--save_statistics',
+              str(tmp_path / f'{name}_stats.npz'), '--batch_size', '3'])
+    assert json.loads(capsys.readouterr().out)['num_images'] == 3
+    stats.append(fid.load_statistics(str(tmp_path / f'{name}_stats.npz'))[0])
+  np.testing.assert_array_equal(stats[0], stats[1])
+  assert np.abs(stats[0]).max() > 0
+  np.savez(tmp_path / 'rgba.npz', images=np.zeros((3, 75, 75, 4), np.uint8))
+  with pytest.raises(SystemExit) as exit_info:
+    fid.main(['--inception', 'stubbed', '--images', str(tmp_path / 'rgba.npz')])
+  assert exit_info.value.code == 2 and '1 (grayscale) or 3 (RGB) channels' in capsys.readouterr().err
+
+
+def test_pth_without_torch_names_the_install(tmp_path, monkeypatch):
+  import sys
+  (tmp_path / 'w.pth').write_bytes(b'')
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError.
+  with pytest.raises(ConfigError, match='pip install torch'):
+    fid.load_inception(str(tmp_path / 'w.pth'))

@@ -23,36 +23,8 @@ def class_names(config: Any) -> list[str] | None:
   """The label names of the config's TFDS dataset if it is prepared locally (nothing is downloaded or built)."""
   if config is None or 'data' not in config or not config.data.get('name'):
     return None
-  import tensorflow_datasets as tfds
-  from vision_models.data import resolve_data_dir
-  try:
-    builder = tfds.builder(config.data.name, data_dir=resolve_data_dir(config.data.get('data_dir')))
-    return list(builder.info.features['label'].names) if builder.is_prepared() else None
-  except Exception:  # Not a TFDS dataset, no label feature: indices will do.
-    return None
-
-
-def load_images(paths: Sequence[str], pp_spec: str, channels: int = 3) -> np.ndarray:
-  """Float32 NHWC images: each file's bytes through the preprocessing `pp_spec` (decoded first if it has no
-  `decode` op)."""
-  import tensorflow as tf
-  from vision_models.data import preprocess
-  pp = preprocess.parse(pp_spec)
-  decodes = any(op.strip().startswith('decode') for op in pp_spec.split('|'))
-  images = []
-  for i, path in enumerate(paths):
-    if not os.path.isfile(path):
-      raise ConfigError(f'image {path!r} not found; pass paths of image files (PNG, JPEG, GIF, BMP)')
-    with open(path, 'rb') as f:
-      image = tf.constant(f.read())
-    try:
-      if not decodes:
-        image = tf.io.decode_image(image, channels=channels, expand_animations=False)
-      example = pp({'image': image, 'label': tf.constant(0, tf.int64)}, tf.constant([0, i], tf.int64))
-    except tf.errors.InvalidArgumentError as e:
-      raise ConfigError(f'cannot read {path!r} as an image ({e.message.splitlines()[0][:120]})') from None
-    images.append(example['image'].numpy())
-  return np.stack(images).astype(np.float32)
+  from vision_models.data.images import label_names
+  return label_names(config.data.name, config.data.get('data_dir'))
 
 
 def predict(module: Any, variables: Any, images: np.ndarray, top: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +53,7 @@ def run(model: str, paths: Sequence[str], top: int = 5, pp_spec: str | None = No
       raise ConfigError(f'{model!r} has no config with data.pp_eval; pass --pp, e.g. '
                         "--pp 'decode(3)|resize_small(256)|central_crop(224)|normalize'")
     pp_spec = config.data.pp_eval
+  from vision_models.data.images import load_images  # TensorFlow loads here, after main quiets its logs.
   channels = config.data.get('channels', 3) if config is not None else 3
   indices, probs = predict(module, variables, load_images(paths, pp_spec, channels), top)
   names = class_names(config)

@@ -7,9 +7,11 @@ Each image is center-cropped as ADM / DiT do (`center_crop_arr`: box-halve while
 the size, bicubic resize of the short side to the size, center crop), mapped to [-1, 1], encoded, and one posterior
 sample times `vae.SCALE` is stored as `latent` float32 `[size/8, size/8, 4]` with its `label`. `--flip` also stores
 the latent of the mirrored image as a second example, which gives DiT's flip augmentation after shuffling. The result
-is the TFDS dataset `--name` (default `{dataset}_latents{size}`) in `--out`; only this module imports TensorFlow.
+is the TFDS dataset `--name` (default `{dataset}_latents{size}`) in `--out`; TensorFlow stays in
+`vision_models.data.images`.
 """
 import argparse
+import functools
 import sys
 from typing import Any, Iterator
 
@@ -34,20 +36,6 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return arr[top:top + size, left:left + size]
 
 
-def _image_batches(source, split: str, size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(uint8 images [b, size, size, 3], int labels [b]) in the split's order; the last batch may be short."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-
-  def crop(example):
-    image = tf.numpy_function(lambda x: center_crop(x, size), [example['image']], tf.uint8, stateful=False)
-    return tf.ensure_shape(image, (size, size, 3)), example['label']
-
-  ds = source.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  yield from tfds.as_numpy(ds)
-
-
 def _encoder(module: vae_lib.AutoencoderKL, variables: Any, batch_size: int, seed: int):
   """A jitted `(images uint8, batch index) -> scaled latent samples`, the batch split over the local devices."""
   mesh = Mesh(np.array(jax.local_devices()), ('data',))
@@ -68,9 +56,11 @@ def _encoder(module: vae_lib.AutoencoderKL, variables: Any, batch_size: int, see
 
 
 def _examples(source, split: str, run, size: int, batch_size: int, flip: bool) -> Iterator[tuple[int, dict]]:
+  from vision_models.data.images import mapped_batches
   count = 0
   per_step = batch_size // 2 if flip else batch_size
-  for index, (images, labels) in enumerate(_image_batches(source, split, size, per_step)):
+  crop = functools.partial(center_crop, size=size)
+  for index, (images, labels) in enumerate(mapped_batches(source, split, crop, (size, size, 3), per_step)):
     if flip:  # Each image followed by its mirror image.
       images = np.stack([images, images[:, :, ::-1]], axis=1).reshape(-1, *images.shape[1:])
       labels = np.repeat(labels, 2)
@@ -82,9 +72,8 @@ def _examples(source, split: str, run, size: int, batch_size: int, flip: bool) -
 def encode_dataset(dataset: str, splits: list[str], data_dir: str | None, vae_path: str, image_size: int, out: str,
                    name: str | None = None, flip: bool = False, batch_size: int = 64, seed: int = 0) -> str:
   """Writes the latents dataset and returns its name (read it with `tfds.builder(name, data_dir=out)`)."""
-  import tensorflow_datasets as tfds
-
   from vision_models.data import pipeline
+  from vision_models.data.images import store_latents
   module, variables = vae_lib.load_pretrained(vae_path)
   factor = module.downsample_factor
   if image_size % factor:
@@ -102,16 +91,11 @@ def encode_dataset(dataset: str, splits: list[str], data_dir: str | None, vae_pa
   name = name or f'{dataset}_latents{image_size}'
   latent_shape = (image_size // factor, image_size // factor, module.latent_channels)
   run = _encoder(module, variables, batch_size, seed)
+  description = (f'SD-VAE latents ({vae_lib.SCALE} x posterior sample) of {dataset} at {image_size}px, '
+                 f'ADM center crop{", each image and its mirror image" if flip else ""}.')
   try:
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=name, version='1.0.0', data_dir=out,
-        features=tfds.features.FeaturesDict({
-            'latent': tfds.features.Tensor(shape=latent_shape, dtype=np.float32),
-            'label': tfds.features.ClassLabel(names=features['label'].names),
-        }),
-        description=f'SD-VAE latents ({vae_lib.SCALE} x posterior sample) of {dataset} at {image_size}px, '
-                    f'ADM center crop{", each image and its mirror image" if flip else ""}.',
-        split_datasets={s: _examples(source, s, run, image_size, batch_size, flip) for s in splits})
+    store_latents(name, out, latent_shape, features['label'].names, description,
+                  {s: _examples(source, s, run, image_size, batch_size, flip) for s in splits})
   except RuntimeError as e:
     if 'already prepared' not in str(e):
       raise

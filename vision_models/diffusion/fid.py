@@ -155,7 +155,11 @@ def load_inception(path: str, resize: bool = True) -> tuple[nn.Module, dict[str,
     raise ConfigError(f'Inception weights {path!r} not found: download pt_inception-2015-12-05-6726825d.pth (see '
                       'docs/diffusion_eval.md) and pass its path')
   if path.endswith(('.pth', '.pt')):
-    import torch
+    try:
+      import torch
+    except ImportError:
+      raise ConfigError(f'reading {path!r} needs PyTorch: pip install torch (or pass the weights as .safetensors / '
+                        '.npz)') from None
     state_dict = torch.load(path, map_location='cpu', weights_only=True)
   elif path.endswith('.safetensors'):
     from safetensors.numpy import load_file
@@ -168,16 +172,26 @@ def load_inception(path: str, resize: bool = True) -> tuple[nn.Module, dict[str,
   return from_pytorch_fid(state_dict, resize=resize)
 
 
+def to_rgb(images: np.ndarray) -> np.ndarray:
+  """NHWC images with 3 channels: grayscale repeated, as pytorch-fid's PIL `convert('RGB')` (dit_digits samples are
+  grayscale); other channel counts are refused."""
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ConfigError(f'images must be NHWC with 1 (grayscale) or 3 (RGB) channels, got shape {images.shape}')
+  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def inception_outputs(module: nn.Module, variables: Any, images: Iterable[np.ndarray] | np.ndarray,
                       batch_size: int = 100) -> dict[str, np.ndarray]:
   """Runs the network over images (an array or an iterable of batches, NHWC uint8 or [0, 1] float) in batches of
-  `batch_size` (the last one padded, so one shape compiles); returns `pool` and `logits_unbiased` as numpy."""
+  `batch_size` (the last one padded, so one shape compiles; grayscale made RGB); returns `pool` and
+  `logits_unbiased` as numpy."""
   forward = jax.jit(lambda params, x: {k: v for k, v in module.apply(params, x).items() if k != 'logits'})
   batches = images
   if isinstance(images, np.ndarray):
     batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
   outputs = []
   for batch in batches:
+    batch = to_rgb(np.asarray(batch))
     n = len(batch)
     padded = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)]) if n < batch_size \
         else batch

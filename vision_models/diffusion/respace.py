@@ -6,23 +6,37 @@ from vision_models.diffusion.gaussian import GaussianDiffusion, linear_betas
 from vision_models.errors import ConfigError
 
 
+FORMS = '"250" (that many steps), "10,15,20" (steps per equal section) or "ddim50" (DDIM\'s integer stride)'
+
+
 def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> list[int]:
   """The sorted steps to keep. `section_counts` splits the process into equal sections and takes that many evenly
-  spaced steps from each (`"250"`, `"10,15,20"`, or a list); `"ddimN"` takes the integer stride giving exactly N."""
+  spaced steps from each (`"250"`, `"10,15,20"`, or a list); `"ddimN"` takes the integer stride giving exactly N.
+  A malformed spec raises ConfigError naming `config.sample.respacing` (where it comes from)."""
   if isinstance(section_counts, str):
-    if section_counts.startswith('ddim'):
-      want = int(section_counts[len('ddim'):])
+    spec = section_counts
+    try:
+      if spec.startswith('ddim'):
+        want = int(spec[len('ddim'):])
+      else:
+        section_counts = [int(x) for x in spec.split(',')]
+    except ValueError:
+      raise ConfigError(f'config.sample.respacing={spec!r} is not a respacing; use {FORMS}') from None
+    if spec.startswith('ddim'):
       for stride in range(1, num_timesteps):
         if len(range(0, num_timesteps, stride)) == want:
           return list(range(0, num_timesteps, stride))
-      raise ConfigError(f'cannot take exactly {want} of {num_timesteps} steps with an integer stride (DDIM spacing)')
-    section_counts = [int(x) for x in section_counts.split(',')]
+      raise ConfigError(f'config.sample.respacing={spec!r}: cannot take exactly {want} of {num_timesteps} steps '
+                        'with an integer stride (DDIM spacing)')
+  if not section_counts or min(section_counts) < 0 or sum(section_counts) < 1:
+    raise ConfigError(f'config.sample.respacing={section_counts!r} keeps no steps or a negative count; use {FORMS}')
   size_per, extra = divmod(num_timesteps, len(section_counts))
   start, steps = 0, []
   for i, count in enumerate(section_counts):
     size = size_per + (1 if i < extra else 0)
     if size < count:
-      raise ConfigError(f'cannot take {count} steps from a section of {size} steps')
+      raise ConfigError(f'config.sample.respacing: cannot take {count} steps from a section of {size} of the '
+                        f'{num_timesteps} steps')
     stride = 1 if count <= 1 else (size - 1) / (count - 1)
     position = 0.0
     for _ in range(count):  # Accumulated, not multiplied: the same float rounding as the official code.

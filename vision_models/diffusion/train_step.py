@@ -1,7 +1,7 @@
 """The diffusion train state (parameters, optimizer state, fixed variables, EMA weights) created directly sharded,
 and the diffusion losses (DDPM's hybrid loss, rectified flow) for the shared train step of `training.steps`."""
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -15,8 +15,6 @@ from vision_models.diffusion import flow
 from vision_models.diffusion.gaussian import GaussianDiffusion, uniform_timesteps
 from vision_models.training import steps
 from vision_models.training.state import jit_init
-
-Metrics = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -114,13 +112,3 @@ def _loss_and_metrics(terms: dict[str, jax.Array], model_state: Any):
   if 'vb' in terms:
     metrics['train/vb'] = terms['vb'].mean()
   return loss, (metrics, model_state)
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
-                    diffusion: GaussianDiffusion, mesh: Mesh, state_shardings: DiffusionState,
-                    ema_decay: float = 0.9999, rules=parallel.DEFAULT_RULES
-                    ) -> Callable[[DiffusionState, dict, jax.Array], tuple[DiffusionState, Metrics]]:
-  """`step(state, batch, rng) -> (state, metrics)`: the shared `steps.make_train_step` with the DDPM loss and the
-  EMA update. The randomness is `fold_in(rng, state.step)`, so a resumed run draws what an uninterrupted one would."""
-  return steps.make_train_step(gaussian_loss(model, diffusion, rules), tx, lr_schedule, mesh, state_shardings,
-                               ema_decay=ema_decay)

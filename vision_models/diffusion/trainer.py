@@ -73,7 +73,40 @@ def build(config: Any, workdir: str | None = None) -> Setup:
   diffusion = None
   if objective == 'ddpm':
     diffusion = respace.create(None, config.diffusion.get('num_timesteps', 1000), learn_sigma=model.learn_sigma)
-  return Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules, diffusion)
+  s = Setup(config, model, mesh, dataset, input_shape, tx, lr_schedule, shardings, rules, diffusion)
+  if config.get('sample') is not None:  # Checked here too, so a bad one fails before training, not hours after.
+    check_sample(s, config.sample)
+  return s
+
+
+def check_sample(s: Setup, cfg: Any) -> None:
+  """Raises ConfigError naming the `config.sample` field that `generate` / `evaluate` could not use."""
+  if s.diffusion is not None:
+    methods, default = samplers.METHODS, 'ddpm'
+    if cfg.get('respacing', '250'):
+      respace.space_timesteps(s.diffusion.num_timesteps, cfg.get('respacing', '250'))
+  else:
+    methods, default = flow.METHODS, 'euler'
+    num_steps = cfg.get('num_steps', 50)
+    if not isinstance(num_steps, int) or num_steps < 1:
+      raise ConfigError(f'config.sample.num_steps={num_steps!r} must be a positive integer')
+  method = cfg.get('method', default)
+  if method not in methods:
+    raise ConfigError(f'unknown config.sample.method {method!r} for config.diffusion.objective={s.objective!r}; '
+                      f'choose one of {", ".join(methods)}')
+  if cfg.get('num_samples', 1) < 1:
+    raise ConfigError(f'config.sample.num_samples={cfg.num_samples} must be positive')
+  batch_size = cfg.get('batch_size', s.config.batch_size)
+  dp = parallel.data_parallel_size(s.mesh)
+  if batch_size < 1 or batch_size % (dp * jax.process_count()):
+    raise ConfigError(f'config.sample.batch_size={batch_size} must be a positive multiple of the '
+                      f'{dp * jax.process_count()} data-parallel devices')
+  k, channels = cfg.get('guidance_channels'), s.input_shape[-1]
+  if k is not None and not 1 <= k <= channels:
+    raise ConfigError(f'config.sample.guidance_channels={k} must be None (all) or in [1, {channels}]')
+  if cfg.get('classifier_config') and not cfg.get('classifier_workdir'):
+    raise ConfigError('config.sample.classifier_config is set but config.sample.classifier_workdir is not; set it to '
+                      'the classifier\'s workdir (trained there first when it has no checkpoint)')
 
 
 def _checkpointer(config: Any, workdir: str) -> Checkpointer:
@@ -181,12 +214,10 @@ def _decoder(path: str | None):
 def generate(s: Setup, params: Any, model_state: Any, labels: np.ndarray, cfg: Any) -> np.ndarray:
   """uint8 NHWC samples for every label (in batches of `cfg.batch_size`, padded to a full last batch); latents are
   decoded by the VAE `cfg.vae` (a diffusers .safetensors) when given."""
+  check_sample(s, cfg)
   sample = make_sampler(s, cfg)
   decode = _decoder(cfg.get('vae'))
   batch_size = cfg.get('batch_size', s.config.batch_size)
-  dp = parallel.data_parallel_size(s.mesh)
-  if batch_size % (dp * jax.process_count()):
-    raise ConfigError(f'config.sample.batch_size={batch_size} must be a multiple of the {dp} data-parallel devices')
   padded = np.resize(labels, -(-len(labels) // batch_size) * batch_size).astype(np.int32)
   per_host = batch_size // jax.process_count()
   out = []
@@ -214,8 +245,7 @@ def save_grid(path: str, images: np.ndarray, labels: np.ndarray, columns: int = 
 def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str, workdir: str) -> dict[str, Any]:
   """Top-1 accuracy of the classifier in `workdir` (trained from `config_path` first if it has no checkpoint) on
   uint8 images, preprocessed by the classifier's own `pp_eval`."""
-  import tensorflow as tf
-  from vision_models.data import preprocess
+  from vision_models.data.images import preprocess_arrays
   from vision_models.training import state as state_lib, steps, trainer as cls_trainer
 
   config = setup_lib.load_config(config_path, 'sample.classifier_config')
@@ -227,10 +257,7 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
   s = setup_lib.build(config, workdir)
   state = ckpt.restore(state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings))
   ckpt.close()
-  pp = preprocess.parse(config.data.pp_eval)
-  ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels.astype(np.int64)}).enumerate()
-  ds = ds.map(lambda i, ex: pp(ex, tf.stack([tf.constant(0, tf.int64), i]))).batch(len(images))
-  processed = next(ds.as_numpy_iterator())
+  processed = preprocess_arrays({'image': images, 'label': labels.astype(np.int64)}, config.data.pp_eval)
   eval_step = steps.make_eval_step(s.model, s.mesh, s.state_shardings.params, s.state_shardings.model_state, s.rules)
   batch, hits, per_class = s.config.batch_size, 0.0, np.zeros((2, s.dataset.num_classes))
   for i in range(0, len(images), batch):  # Single-host: the samples were gathered on every host.
@@ -242,8 +269,9 @@ def classifier_accuracy(images: np.ndarray, labels: np.ndarray, config_path: str
         'mask': np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}))
     hits += float(sums['top1'])
     per_class += np.stack([sums['class_hits'], sums['class_count']])
+  accuracy = per_class[0] / np.maximum(per_class[1], 1)
   return {'eval/classifier_accuracy': hits / len(images),
-          'eval/classifier_per_class_accuracy': [round(float(a), 4) for a in per_class[0] / np.maximum(per_class[1], 1)]}
+          'eval/classifier_per_class_accuracy': [round(float(a), 4) for a in accuracy]}
 
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:

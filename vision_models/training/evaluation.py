@@ -37,6 +37,14 @@ def at_resolution(config: Any, resolution: int) -> Any:
   return config
 
 
+def check_classification(config: Any, flag: str) -> None:
+  """`--resolution` and `--checkpoint` evaluate classifiers: a ConfigError for another task, before anything builds."""
+  task = config.get('task', 'classification')
+  if task != 'classification':
+    raise ConfigError(f'{flag} evaluates a classifier, but config.task is {task!r}; drop {flag} (eval.py samples '
+                      'a diffusion model at its training resolution)')
+
+
 def _abstract_params(s: setup_lib.Setup) -> Any:
   return state_lib.abstract(s.model, s.tx, s.input_shape, s.state_shardings).params
 
@@ -56,6 +64,8 @@ def _write(workdir: str, results: dict[str, Any], name: str = 'eval.json') -> No
 def evaluate_workdir(config: Any, workdir: str, resolution: int | None = None) -> dict[str, Any]:
   """The workdir's latest good checkpoint (trained with `config`) evaluated at `resolution` (default: the training
   one), EMA weights too when kept; writes `DIR/eval.json` (`DIR/eval_R.json` at another resolution)."""
+  if resolution is not None:
+    check_classification(config, f'--resolution={resolution}')
   if resolution is None or resolution == config.data.image_size:
     return trainer.evaluate(config, workdir)
   train_setup = setup_lib.build(config, workdir)
@@ -83,6 +93,7 @@ def evaluate_checkpoint(config: Any, checkpoint: str, workdir: str, resolution: 
   one the checkpoint names (`model.json`), the config supplies the data and preprocessing. Writes
   `DIR/eval_checkpoint.json`."""
   from vision_models.export import load_exported
+  check_classification(config, '--checkpoint')
   if resolution is not None:
     config = at_resolution(config, resolution)
   module, variables, _ = load_exported(checkpoint)
