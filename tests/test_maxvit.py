@@ -140,9 +140,12 @@ def test_conversion_errors_are_clear():
   state_dict = timm_model('maxvit_tiny_tf_224', **SMALL_TIMM).state_dict()
   with pytest.raises(ConfigError, match='384 px but the relative position tables are for 224 px'):
     convert.from_timm('maxvit_tiny_tf_384', state_dict)
+  with pytest.raises(ConfigError, match='384 px but the relative position tables are for 224 px'):
+    convert.from_timm('maxvit_tiny_tf_384.in1k', state_dict)  # the tag is not part of the architecture
   with pytest.raises(ConfigError, match='1 tensors of the state dict were not used: extra'):
     convert.from_timm('maxvit_tiny_tf_224', {**state_dict, 'extra': np.zeros(3)})
   with pytest.raises(ConfigError, match="no tensor 'head.norm.weight'"):
     convert.from_timm('maxvit_tiny_tf_224', {k: v for k, v in state_dict.items() if k != 'head.norm.weight'})
   with pytest.raises(ConfigError, match='only the TF-ported'):
     convert.from_timm('maxvit_rmlp_nano_rw_256', state_dict)
+  assert convert.from_timm('maxvit_tiny_tf_224.in1k', state_dict)[0].image_size == 224
