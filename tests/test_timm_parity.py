@@ -63,5 +63,9 @@ def test_every_tensor_used_and_every_parameter_filled():
   del state['blocks.1.ls2.gamma']
   with pytest.raises(ConfigError, match='no tensor .blocks.1.ls2.gamma'):
     convert.from_timm('deit3_small_patch16_224', state, num_heads=4)
+  with pytest.raises(ConfigError, match='pass num_heads='):  # a registered size, another width: heads unknown
+    convert.from_timm('deit3_small_patch16_224', state)
+  with pytest.raises(ConfigError, match='pass num_heads='):  # no registered size
+    convert.from_timm('vit_giant_patch16_gap_224', state)
   with pytest.raises(ConfigError, match='no converter'):
     convert.from_timm('resnet50', state)
