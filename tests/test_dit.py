@@ -8,7 +8,7 @@ import pytest
 
 from vision_models import models
 from vision_models.errors import ConfigError
-from vision_models.models import dit
+from vision_models.models import dit, mixers
 
 # shared/references/models.md section 0 (official models.py, 4-channel latents, 1000 classes, learn_sigma).
 COUNTS = {  # name: (total incl. the frozen pos_embed at 256 px, trainable)
@@ -137,7 +137,7 @@ def test_pluggable_mixer_and_mlp():
     def __call__(self, x, train=False):
       return jnp.broadcast_to(nn.Dense(x.shape[-1])(x.mean(1, keepdims=True)), x.shape)
 
-  dit.register_mixer('test_mean', lambda *, grid, name, **_: MeanMixer(name=name))
+  mixers.register_token_mixer('test_mean', lambda *, grid, name, **_: MeanMixer(name=name))
   try:
     model = tiny(mixer='test_mean', mlp='swiglu')
     x, t, y = inputs(2, 8)
@@ -146,7 +146,7 @@ def test_pluggable_mixer_and_mlp():
     assert set(block['mixer']) == {'Dense_0'} and set(block['mlp']) == {'fc1', 'fc1_gate', 'fc2'}
     assert jit_apply(model)(variables, x, t, y).shape == (2, 8, 8, 8)
   finally:
-    del dit.MIXERS['test_mean']
+    del mixers.TOKEN_MIXERS['test_mean']
   with pytest.raises(ConfigError, match='mixer'):
     jax.eval_shape(tiny(mixer='nope').init, jax.random.key(0), *inputs(1, 8))
 

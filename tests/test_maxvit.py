@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from parity import TOLERANCE, randomise, relative_diff
 from vision_models import convert, models
 from vision_models.errors import ConfigError
 from vision_models.models import layers
@@ -98,14 +99,12 @@ def timm_model(name, **kwargs):
   torch = pytest.importorskip('torch')
   timm = pytest.importorskip('timm')
   torch.manual_seed(0)
-  model = timm.create_model(name, pretrained=False, **kwargs).eval()
-  with torch.no_grad():  # Non-trivial BatchNorm statistics and affine terms, so their conversion is tested.
+  model = randomise(timm.create_model(name, pretrained=False, **kwargs))  # relative position tables included
+  with torch.no_grad():  # Non-trivial BatchNorm statistics, so their conversion is tested.
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
         module.running_mean.normal_(0, 0.2)
         module.running_var.uniform_(0.5, 2.0)
-        module.weight.normal_(1.0, 0.2)
-        module.bias.normal_(0, 0.2)
   return model
 
 
@@ -119,7 +118,7 @@ def assert_parity(timm_name, batch, image, **kwargs):
   assert set(variables) == {'params', 'batch_stats'}
   logits = jax.jit(lambda v, x: ours.apply(v, x, train=False))(variables, images.permute(0, 2, 3, 1).numpy())
   assert logits.shape == expected.shape
-  np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
+  assert relative_diff(logits, expected) <= TOLERANCE
   return ours
 
 
@@ -141,9 +140,12 @@ def test_conversion_errors_are_clear():
   state_dict = timm_model('maxvit_tiny_tf_224', **SMALL_TIMM).state_dict()
   with pytest.raises(ConfigError, match='384 px but the relative position tables are for 224 px'):
     convert.from_timm('maxvit_tiny_tf_384', state_dict)
+  with pytest.raises(ConfigError, match='384 px but the relative position tables are for 224 px'):
+    convert.from_timm('maxvit_tiny_tf_384.in1k', state_dict)  # the tag is not part of the architecture
   with pytest.raises(ConfigError, match='1 tensors of the state dict were not used: extra'):
     convert.from_timm('maxvit_tiny_tf_224', {**state_dict, 'extra': np.zeros(3)})
   with pytest.raises(ConfigError, match="no tensor 'head.norm.weight'"):
     convert.from_timm('maxvit_tiny_tf_224', {k: v for k, v in state_dict.items() if k != 'head.norm.weight'})
   with pytest.raises(ConfigError, match='only the TF-ported'):
     convert.from_timm('maxvit_rmlp_nano_rw_256', state_dict)
+  assert convert.from_timm('maxvit_tiny_tf_224.in1k', state_dict)[0].image_size == 224

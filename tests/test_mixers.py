@@ -10,7 +10,7 @@ import pytest
 
 from vision_models import models
 from vision_models.errors import ConfigError
-from vision_models.models import dit, layers, mixers, vit
+from vision_models.models import layers, mixers, vit
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 GRID, PREFIX, DIM = (5, 6), 1, 16  # 5x6 grid: windows of 4 need padding in both directions
@@ -218,7 +218,7 @@ def test_parallel_from_sequential_maps_vit_and_dit_checkpoints():
   parallel = models.create('vit', parallel_blocks=True, **kw)
   seq_params = init(sequential, images)['params']
   par_shapes = jax.tree.map(np.shape, init(parallel, images)['params'])
-  converted = vit.parallel_from_sequential(seq_params)
+  converted = mixers.parallel_from_sequential(seq_params)
   assert jax.tree.map(np.shape, converted) == par_shapes
   assert models.param_count(converted) == models.param_count(seq_params)
   # Exact identity: with the second branch's output projections zeroed, blocks 2i+1 are identities in the
@@ -230,7 +230,7 @@ def test_parallel_from_sequential_maps_vit_and_dit_checkpoints():
         mix[key] = jnp.zeros_like(mix[key])
     seq_params[f'blocks_{i}']['mlp']['fc2'] = jax.tree.map(jnp.zeros_like, seq_params[f'blocks_{i}']['mlp']['fc2'])
   seq_params['head']['kernel'] = jax.random.normal(jax.random.key(5), seq_params['head']['kernel'].shape)
-  np.testing.assert_allclose(parallel.apply({'params': vit.parallel_from_sequential(seq_params)}, images),
+  np.testing.assert_allclose(parallel.apply({'params': mixers.parallel_from_sequential(seq_params)}, images),
                              sequential.apply({'params': seq_params}, images), atol=1e-5)
   # DiT: the same layout (one adaLN modulation per branch), the same parameter count.
   dkw = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=DIM, depth=2, num_heads=2, num_classes=10)
@@ -239,4 +239,3 @@ def test_parallel_from_sequential_maps_vit_and_dit_checkpoints():
   par = jax.eval_shape(models.create('dit', parallel_blocks=True, **dkw).init, jax.random.key(0), *args)['params']
   assert jax.tree.map(np.shape, mixers.parallel_from_sequential(nn.unbox(seq))) == jax.tree.map(np.shape,
                                                                                                 nn.unbox(par))
-  assert dit.MIXERS is mixers.TOKEN_MIXERS and dit.register_mlp is mixers.register_channel_mixer

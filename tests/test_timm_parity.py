@@ -1,9 +1,11 @@
 """timm → ours, logits parity: timm models with random weights (no download), converted with `from_timm`, on the same
-random batch in eval mode: max abs difference ≤ 1e-4 in float32. Small configurations for every family and layout
-variant (full-size models: test_timm_parity_full.py); name mapping; unused / missing tensors."""
+random batch in eval mode: max abs difference ≤ 1e-5 of the logits' spread in float32. Small configurations for every
+family and layout variant (full-size models: test_timm_parity_full.py); name mapping; unused, missing, wrong and
+DDP-prefixed tensors."""
+import jax
 import pytest
 
-from parity import compare, randomise
+from parity import TOLERANCE, compare, randomise
 from vision_models import convert
 from vision_models.errors import ConfigError
 
@@ -31,14 +33,14 @@ def test_small_models_match_timm(case):
   timm_name, timm_kwargs, image_size, kwargs = SMALL[case]
   model = randomise(timm.create_model(timm_name, pretrained=False, **timm_kwargs))
   _, diff = compare(model, timm_name, image_size, **kwargs)
-  assert diff <= 1e-4
+  assert diff <= TOLERANCE
 
 
 def test_small_mixer_matches_timm():
   from timm.models.mlp_mixer import MlpMixer
   model = randomise(MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2, embed_dim=64))
   _, diff = compare(model, 'mixer_s16_224', 32)
-  assert diff <= 1e-4
+  assert diff <= TOLERANCE
 
 
 def test_name_mapping():
@@ -63,5 +65,23 @@ def test_every_tensor_used_and_every_parameter_filled():
   del state['blocks.1.ls2.gamma']
   with pytest.raises(ConfigError, match='no tensor .blocks.1.ls2.gamma'):
     convert.from_timm('deit3_small_patch16_224', state, num_heads=4)
+  with pytest.raises(ConfigError, match='pass num_heads='):  # a registered size, another width: heads unknown
+    convert.from_timm('deit3_small_patch16_224', state)
+  with pytest.raises(ConfigError, match='pass num_heads='):  # no registered size
+    convert.from_timm('vit_giant_patch16_gap_224', state)
   with pytest.raises(ConfigError, match='no converter'):
     convert.from_timm('resnet50', state)
+
+
+@pytest.mark.parametrize('timm_name,family', [('convnext_tiny', 'ConvNeXt'), ('caformer_s18', 'MetaFormer'),
+                                              ('inception_next_tiny', 'InceptionNeXt'), ('mixer_b16_224', 'MLP-Mixer')])
+def test_wrong_state_dict_is_a_config_error(timm_name, family):
+  with pytest.raises(ConfigError, match=f'not an? {family} state dict'):
+    convert.from_timm(timm_name, {'foo.weight': torch.zeros(3)})
+
+
+def test_distributed_data_parallel_prefix_is_stripped():
+  state = randomise(timm.create_model('deit3_small_patch16_224', pretrained=False, **VIT_SMALL)).state_dict()
+  _, want = convert.from_timm('deit3_small_patch16_224', state, num_heads=4)
+  _, got = convert.from_timm('deit3_small_patch16_224', {f'module.{k}': v for k, v in state.items()}, num_heads=4)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), got, want))

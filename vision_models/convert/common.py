@@ -36,6 +36,8 @@ class StateDict:
 
   def __init__(self, state_dict: Mapping[str, Any], source: str):
     self.tensors = {k: v for k, v in state_dict.items()}
+    if self.tensors and all(k.startswith('module.') for k in self.tensors):  # saved from a DistributedDataParallel
+      self.tensors = {k[len('module.'):]: v for k, v in self.tensors.items()}
     self.source = source
     self.used: set[str] = set()
 

@@ -12,6 +12,7 @@ import numpy as np
 from vision_models import models
 from vision_models.convert import common
 from vision_models.convert.variants import build, overrides
+from vision_models.errors import ConfigError
 
 V1_SIZES = {'tiny': 't', 'small': 's', 'base': 'b', 'large': 'l', 'xlarge': 'xl'}
 V2_SIZES = {'atto': 'a', 'femto': 'f', 'pico': 'p', 'nano': 'n', 'tiny': 't', 'base': 'b', 'large': 'l', 'huge': 'h'}
@@ -46,6 +47,8 @@ def architecture(sd: common.StateDict) -> dict[str, Any]:
   """Our ConvNeXt fields from the shapes of a timm state dict."""
   blocks = [re.fullmatch(r'stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight', k) for k in sd.tensors]
   blocks = [tuple(int(g) for g in m.groups()) for m in blocks if m]
+  if not blocks or 'stem.0.weight' not in sd:
+    raise ConfigError(f'{sd.source}: not a ConvNeXt state dict (no stem.0 / stages.*.blocks.*.conv_dw tensors)')
   num_stages = max(s for s, _ in blocks) + 1
   depths = tuple(1 + max(j for s, j in blocks if s == i) for i in range(num_stages))
   dims = tuple(int(sd.tensors[f'stages.{i}.blocks.0.conv_dw.weight'].shape[0]) for i in range(num_stages))

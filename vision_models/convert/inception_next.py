@@ -12,6 +12,7 @@ import flax.linen as nn
 from vision_models.convert import common
 from vision_models.convert.metaformer import conv, linear
 from vision_models.convert.variants import build, overrides
+from vision_models.errors import ConfigError
 
 SIZES = {'atto': 'a', 'tiny': 't', 'small': 's', 'base': 'b'}
 
@@ -28,6 +29,8 @@ def architecture(sd: common.StateDict) -> dict[str, Any]:
   """Our InceptionNeXt fields from the shapes of a timm state dict."""
   blocks = [re.fullmatch(r'stages\.(\d+)\.blocks\.(\d+)\.norm\.weight', k) for k in sd.tensors]
   blocks = [tuple(int(g) for g in m.groups()) for m in blocks if m]
+  if not blocks:
+    raise ConfigError(f'{sd.source}: not an InceptionNeXt state dict (no stages.*.blocks.*.norm tensors)')
   stages = max(s for s, _ in blocks) + 1
   depths = tuple(1 + max(j for s, j in blocks if s == i) for i in range(stages))
   dims = tuple(int(sd.tensors[f'stages.{i}.blocks.0.norm.weight'].shape[0]) for i in range(stages))

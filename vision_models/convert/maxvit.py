@@ -94,12 +94,13 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], **overrides: Any):
   """`(module, variables)` for a timm TF-MaxViT. `overrides` are MaxViT fields (dtype, attn_impl, drop_path, remat,
   partition_ratio); the architecture itself comes from the state dict. The relative position tables fix the image
   size (window × partition_ratio); the resolution in the name must agree (tables are not resized)."""
-  if not re.search(r'_tf(_\d+)?$', timm_name):
+  base_name = timm_name.split('.')[0]  # without the pretrained tag (maxvit_tiny_tf_224.in1k)
+  if not re.search(r'_tf(_\d+)?$', base_name):
     raise ConfigError(f'timm {timm_name!r}: only the TF-ported MaxViTs (maxvit_*_tf_*) convert; the timm-native '
                       '(_rw, rmlp) layouts differ')
   sd = StateDict(state_dict, f'timm {timm_name}')
   kwargs = architecture(sd, overrides.get('partition_ratio', 32))
-  named = re.search(r'_(\d+)$', timm_name)
+  named = re.search(r'_(\d+)$', base_name)
   claims = ((int(named[1]) if named else None, 'the model name'), (overrides.get('image_size'), 'image_size'))
   for size, where in claims:
     if size is not None and size != kwargs['image_size']:

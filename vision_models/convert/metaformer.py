@@ -14,6 +14,7 @@ import numpy as np
 from vision_models import models
 from vision_models.convert import common
 from vision_models.convert.variants import build, overrides
+from vision_models.errors import ConfigError
 from vision_models.models import metaformer
 
 def registry_name(timm_name: str) -> str:
@@ -71,6 +72,8 @@ def architecture(sd: common.StateDict, family: str) -> dict[str, Any]:
   """Our MetaFormer fields from the family and the shapes of a timm state dict."""
   blocks = [re.fullmatch(r'stages\.(\d+)\.blocks\.(\d+)\.norm1\.weight', k) for k in sd.tensors]
   blocks = [tuple(int(g) for g in m.groups()) for m in blocks if m]
+  if not blocks:
+    raise ConfigError(f'{sd.source}: not a MetaFormer state dict (no stages.*.blocks.*.norm1 tensors)')
   stages = max(s for s, _ in blocks) + 1
   depths = tuple(1 + max(j for s, j in blocks if s == i) for i in range(stages))
   dims = tuple(int(sd.tensors[f'stages.{i}.blocks.0.norm1.weight'].shape[0]) for i in range(stages))

@@ -29,6 +29,8 @@ def linear(sd: common.StateDict, src: str) -> dict[str, np.ndarray]:
 
 def architecture(sd: common.StateDict) -> tuple[dict[str, Any], int]:
   """Our Mixer fields from the shapes of a timm state dict, and the image size they fix."""
+  if 'stem.proj.weight' not in sd or 'blocks.0.mlp_tokens.fc1.weight' not in sd:
+    raise ConfigError(f'{sd.source}: not an MLP-Mixer state dict (no stem.proj / blocks.*.mlp_tokens tensors)')
   width, _, patch, _ = (int(n) for n in sd.tensors['stem.proj.weight'].shape)
   tokens_mlp, seq = (int(n) for n in sd.tensors['blocks.0.mlp_tokens.fc1.weight'].shape)
   side = square_side(seq)

@@ -2,7 +2,7 @@
 
 The architecture comes from the tensor shapes (width, patch, depth, MLP width, classes, class / distillation tokens,
 layer scale, whether the position embedding covers the class token, the resolution); only the number of heads is
-not in the shapes (timm fuses q, k, v): it comes from the timm name's size, else `num_heads=`, else width / 64.
+not in the shapes (timm fuses q, k, v): it comes from `num_heads=`, else the timm name's registered size.
 timm's fused `qkv` (3·d, d) is split into our `{query,key,value}_kernel [d, heads, head_dim]`.
 """
 import re
@@ -72,9 +72,13 @@ def architecture(timm_name: str, sd: common.StateDict, num_heads: int | None = N
   side = square_side(rows if no_embed_class else rows - prefix)
   if side is None:
     raise ConfigError(f'{sd.source}: pos_embed has {rows} rows, not a square grid (+{prefix} tokens)')
-  if num_heads is None:  # The named size's heads, unless the width was changed: then the usual 64-wide heads.
-    base = models.create(registry_name(timm_name))
-    num_heads = base.num_heads if base.width == width else width // 64
+  if num_heads is None:  # No guess: head widths differ (vit_giant_patch16_gap_224: 1408 wide, 16 heads of 88).
+    name = registry_name(timm_name)
+    base = models.create(name)
+    if name == 'vit' or base.width != width:
+      raise ConfigError(f'{sd.source}: the number of heads is not in the state dict and {timm_name!r} names no '
+                        f'registered ViT of width {width}; pass num_heads= (timm\'s model config has it)')
+    num_heads = base.num_heads
   arch = dict(
       num_classes=sd.tensors['head.weight'].shape[0] if 'head.weight' in sd else 0,
       patch_size=int(patch), width=int(width), depth=depth, num_heads=num_heads,

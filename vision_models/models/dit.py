@@ -18,7 +18,6 @@ import numpy as np
 
 from vision_models.errors import ConfigError
 from vision_models.models import layers, mixers, patch_conv
-from vision_models.models.mixer_ops import SwiGLU  # noqa: F401  (its home was here)
 from vision_models.models.registry import register
 
 VARIANTS = {  # hidden, depth, heads (official `DiT_models`)
@@ -55,9 +54,6 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
-# One registry for every family (models/mixers.py); these names stay for code written against DiT's own tables.
-MIXERS, MLPS = mixers.TOKEN_MIXERS, mixers.CHANNEL_MIXERS
-register_mixer, register_mlp = mixers.register_token_mixer, mixers.register_channel_mixer
 # qkv init: xavier_uniform of the fused (3·dim, dim) matrix, as the official `_basic_init`.
 QKV_INIT = nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform', in_axis=0, out_axis=(1, 2))
 

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from vision_models import kernels
 from vision_models.errors import ConfigError
 from vision_models.models import layers, mixers, patch_conv
-from vision_models.models.mixers import parallel_from_sequential  # noqa: F401  (ViT's checkpoint mapping)
 from vision_models.models.registry import register
 
 VARIANTS = {  # width, depth, heads, mlp_dim (vit_jax/configs/models.py)
@@ -101,7 +100,7 @@ class ViT(nn.Module):
   `mixer_overrides` other mixers for block ranges (`{'6:12': 'hyena2d'}`), `mixer_options` their options; `mlp` names
   the channel mixer. `norm_impl` is `layers.layer_norm`'s ('auto': the Pallas kernels, residual add fused, on one
   GPU; `layers.kernel_default`). `parallel_blocks` pairs blocks 2i and 2i+1 into parallel block i (Touvron et al.
-  2022; same parameters, `parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential
+  2022; same parameters, `mixers.parallel_from_sequential` maps a sequential checkpoint); overrides index the sequential
   blocks.
   """
   num_classes: int = 1000
