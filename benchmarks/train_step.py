@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vision_models import models, parallel
+from vision_models import kernels, models, parallel
+from vision_models.errors import ConfigError
 from vision_models.training import device_preprocess, perf, state as state_lib, steps
 
 TIMM_NAMES = {
@@ -232,6 +233,12 @@ def main(argv=None) -> int:
                       help="also time an [N, N] product in each side's library and report the steps' product FLOP "
                            'rates as a fraction of it')
   args = parser.parse_args(argv)
+  try:  # bad input is a usage error (exit 2), not a missed bar (exit 1)
+    create_model(args)
+    if args.attn_impl:
+      kernels.resolve_impl(args.attn_impl)
+  except ConfigError as e:
+    parser.error(str(e))
   if args.against_timm and args.model not in TIMM_NAMES:
     parser.error(f'no timm counterpart for {args.model}; known: {", ".join(sorted(TIMM_NAMES))}')
   if args.batch % jax.device_count():  # our step splits the batch over every device

@@ -59,6 +59,14 @@ def test_train_step_refuses_a_batch_the_devices_cannot_split(capsys):
   assert 'not divisible by the 8 devices' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('flag,value,message', [('--model', 'nope', "unknown model 'nope'"),
+                                                ('--attn-impl', 'flashy', "unknown attention impl 'flashy'")])
+def test_train_step_bad_input_is_a_usage_error(capsys, flag, value, message):
+  with pytest.raises(SystemExit) as exit_info:  # exit 2, told apart from a missed bar's 1
+    train_step.main(['--model', 'vit_ti16', flag, value])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_train_step_builds_the_named_channel_mixer(capsys):
   args = ['--model', 'vit_ti16', '--resolution', '32', '--steps', '1', '--warmup', '1']
   assert train_step.main(args + ['--mlp', 'mlp_tanh']) == 0

@@ -281,3 +281,9 @@ def test_key_length_masks_padded_keys(impl, cudnn_on_xla):
     assert length == 24 and options['key_value_seq_lengths'].tolist() == [21, 21]
   with pytest.raises(ValueError, match='key_length 25'):
     kernels.attention(pad(q), pad(k), pad(v), impl=impl, key_length=25)
+
+
+def test_splash_is_refused_on_a_gpu(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  with pytest.raises(ConfigError, match="'splash' is JAX's TPU kernel"):
+    kernels.resolve_impl('splash')

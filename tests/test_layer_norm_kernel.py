@@ -85,8 +85,12 @@ def test_auto_picks_the_kernels_on_one_gpu(monkeypatch):
   assert layers.kernel_default('auto') == 'pallas'
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ('data',))):
     assert layers.kernel_default('auto') == 'xla'  # a Pallas call would gather sharded inputs whole
-  with pytest.raises(ConfigError, match="unknown norm impl 'triton'"):
+  with pytest.raises(ConfigError, match="unknown kernel impl 'triton'"):
     layers.layer_norm(impl='triton')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')  # Triton kernels: refused by name, not in lowering
+  with pytest.raises(ConfigError, match="'pallas' names Triton"):
+    layers.layer_norm(impl='pallas')
+  assert layers.kernel_default('auto') == 'xla'
 
 
 def test_lowers_for_real():

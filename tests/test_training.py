@@ -73,6 +73,7 @@ def test_eval_without_checkpoint_is_a_clear_error(tiny_config, tmp_path):
     ('data.name', 'no_such_dataset_xyz', "unknown dataset 'no_such_dataset_xyz'"),
     ('data.image_size', 18, 'image_size=18 is not divisible by the patch size 4'),
     ('mesh.fsdp', 16, 'needs 16 devices'),
+    ('sharding_rules', (('embed', 'model'),), r"sharding rule \('embed', 'model'\) names mesh axis 'model'"),
     ('data.eval_split', 'validation', r"has no split 'validation' \(config.data.eval_split\)"),
     ('data.train_split', 'train[:200%]', r"has no split 'train\[:200%\]' \(config.data.train_split\)"),
     ('model.attn_impl', 'magic', "unknown attention impl 'magic'"),

@@ -93,10 +93,13 @@ def _masked(bias: jax.Array | None, keep: jax.Array, dtype=jnp.float32) -> jax.A
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:
   """The concrete implementation `auto` stands for on this backend (cuDNN needs a GPU and 16-bit inputs)."""
   if impl not in IMPLS and impl not in _EXTRA:
-    raise ConfigError(f'unknown attention impl {impl!r}; choose one of {", ".join(IMPLS + tuple(_EXTRA))}')
+    names = IMPLS + tuple(name for name in _EXTRA if name not in IMPLS)
+    raise ConfigError(f'unknown attention impl {impl!r}; choose one of {", ".join(names)}')
+  backend = jax.default_backend()
+  if impl == 'splash' and backend == 'gpu':
+    raise ConfigError("attention impl 'splash' is JAX's TPU kernel; on GPUs use 'pallas', 'cudnn' or 'auto'")
   if impl != 'auto':
     return impl
-  backend = jax.default_backend()
   if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return 'cudnn'
   if backend == 'tpu' and 'splash' in _EXTRA:

@@ -57,8 +57,7 @@ def layer_norm(epsilon: float = 1e-6, axis_name: str | None = 'embed', *, use_bi
   on an H100 ours made ViT-B/16's bfloat16 train step 7.4 ms slower (85.4 against 78.0 ms, benchmarks/RESULTS.md).
   `impl='pallas'`: `FusedLayerNorm` (one pass each way; `add_layer_norm` fuses the residual add). `auto` is `xla`
   here; a family that takes the kernels on one GPU resolves it first with `kernel_default` (ViT does)."""
-  if impl not in KERNEL_IMPLS:
-    raise ConfigError(f'unknown norm impl {impl!r}; choose one of {", ".join(KERNEL_IMPLS)}')
+  kernel_default(impl)  # checks the name, and that a Pallas kernel can run on this backend
   module = FusedLayerNorm if impl == 'pallas' else LayerNorm if jax.default_backend() == 'cpu' else nn.LayerNorm
   return module(epsilon=epsilon, use_bias=use_bias, dtype=dtype, name=name,
                 scale_init=with_axes(nn.initializers.ones, (axis_name,)),
@@ -70,6 +69,8 @@ def kernel_default(impl: str) -> str:
   (Several devices: a Pallas call is opaque to XLA's partitioner, which would gather its sharded inputs whole.)"""
   if impl not in KERNEL_IMPLS:
     raise ConfigError(f'unknown kernel impl {impl!r}; choose one of {", ".join(KERNEL_IMPLS)}')
+  if impl == 'pallas' and jax.default_backend() == 'tpu':
+    raise ConfigError("kernel impl 'pallas' names Triton (GPU) kernels; on TPUs use 'xla' or 'auto'")
   if impl != 'auto':
     return impl
   mesh = jax.sharding.get_abstract_mesh()

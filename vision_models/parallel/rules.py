@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vision_models.errors import ConfigError
 from vision_models.parallel.mesh import BATCH_AXES
 
 Rules = Sequence[tuple[str, Any]]
@@ -47,11 +48,21 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
   return P(*out)
 
 
+def check_rules(rules: Rules, mesh: Mesh) -> None:
+  """Raises ConfigError for a rule naming a mesh axis the mesh does not have."""
+  for name, axes in rules:
+    unknown = [a for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())) if a not in mesh.shape]
+    if unknown:
+      raise ConfigError(f'sharding rule {(name, axes)!r} names mesh axis {unknown[0]!r}, which the mesh does not have '
+                        f'(its axes: {", ".join(mesh.axis_names)}); use one of those or None (config.sharding_rules)')
+
+
 def shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, min_size: int = 2 ** 14) -> Any:
   """NamedShardings for a (possibly boxed) pytree of abstract arrays from `nn.get_partition_spec` and `rules`.
 
   Leaves without logical names (optimizer counters, unboxed extras) are replicated.
   """
+  check_rules(rules, mesh)
   logical = nn.get_partition_spec(abstract_tree)
   unboxed = nn.unbox(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical, rules)

@@ -114,8 +114,11 @@ def build(config: Any, workdir: str | None = None) -> Setup:
     device_preprocess.check(config.data.pp_device, input_shape, data.preprocess.image_dtype(config.data.pp_train))
   tx, lr_schedule = optim.make(config.optimizer, config.total_steps)
   rules = tuple(config.get('sharding_rules', parallel.DEFAULT_RULES))
+  parallel.check_rules(rules, mesh)
   try:  # Traces the model abstractly: shape errors surface here, before any compilation.
     shardings = state_lib.shardings(model, tx, input_shape, mesh, rules, config.get('shard_min_size', 2 ** 14))
+  except ConfigError:
+    raise
   except Exception as e:  # Whatever the model's own checks raise while tracing abstractly, e.g. a zero width.
     raise ConfigError(f'config.model ({config.model.name!r}) cannot take input {input_shape}: '
                       f'{type(e).__name__}: {e}') from None

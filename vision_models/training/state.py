@@ -35,7 +35,8 @@ def shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: t
               rules=parallel.DEFAULT_RULES, min_size: int = 2 ** 14) -> TrainState:
   """The NamedSharding of every TrainState leaf; optimizer moments follow their parameter's sharding. Tensors
   smaller than `min_size` elements stay replicated (sharding them costs more in collectives than it saves)."""
-  boxed = jax.eval_shape(functools.partial(_init_variables, model, input_shape), jax.random.key(0))
+  # The key is made inside the trace too: made eagerly, it would compile before the config is fully checked.
+  boxed = jax.eval_shape(lambda: _init_variables(model, input_shape, jax.random.key(0)))
   var_shardings = dict(parallel.shardings(boxed, mesh, rules, min_size))
   params_sharding = var_shardings.pop('params')
   abstract_opt = jax.eval_shape(tx.init, nn.unbox(boxed)['params'])
